@@ -1,0 +1,113 @@
+"""Image bytes -> RGB pixel array of the model's input size. The single source of truth for pixels.
+
+Serving (handler, CLI) and training (``train.data``) both call :func:`preprocess`, so the model is
+trained on exactly the pixels it will be served. Only numpy and Pillow: this module ships to Lambda.
+
+The array returned is ``uint8`` of shape ``(height, width, 3)`` holding RGB values 0-255; scaling to the
+network's range happens inside the model, so no caller repeats it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from lambda_function.errors import ServingError
+
+# Formats we decode; Pillow is never asked to try any other plugin (smaller attack surface).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+# Largest image we agree to decode (width * height). 50 Mpx covers every phone camera; a PNG header
+# claiming 30000x30000 is refused before any pixel is decoded.
+MAX_PIXELS = 50_000_000
+# One interpolation for training and serving. Pillow's BILINEAR also antialiases when shrinking.
+RESAMPLE = Image.Resampling.BILINEAR
+# Transparent pixels are composited on white, like a product photo on a page.
+BACKGROUND = (255, 255, 255)
+
+# A truncated file is an error, never an image with a grey bottom half.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode ``data`` to an upright RGB image, or raise ServingError (415 or 422)."""
+    if not data:
+        raise ServingError(422, "empty_image", "The image is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns for images a little over its own limit; for us that is an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ServingError(
+                    422,
+                    "image_too_large",
+                    f"The image is {width}x{height} pixels; the limit is {max_pixels} pixels.",
+                )
+            if image.format == "JPEG":
+                # Let libjpeg decode at a reduced scale when the photo is much larger than we need:
+                # faster and far less memory, and identical for training and serving.
+                image.draft(None, (1024, 1024))
+            image.seek(0)  # first frame of an animated GIF / WebP
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except ServingError:
+        raise
+    except Image.UnidentifiedImageError:
+        allowed = ", ".join(ALLOWED_FORMATS)
+        raise ServingError(
+            415, "unsupported_media_type", f"The data is not an image of an allowed type ({allowed})."
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ServingError(
+            422, "image_too_large", "The image declares too many pixels to decode safely."
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
+        # Pillow signals truncated or corrupt data with any of these.
+        raise ServingError(422, "invalid_image", f"The image could not be decoded: {exc}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit greyscale: Pillow's convert("L") would clip at 255 and turn most pixels white.
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if pixels.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
+        grey = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    # CMYK (Pillow undoes Adobe's inverted CMYK), palette, L, 1, YCbCr, LAB...
+    return image.convert("RGB")
+
+
+def resize_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Resize to ``size`` = (height, width), ignoring aspect ratio (as Keras's load_img does)."""
+    height, width = size
+    if image.size == (width, height):
+        return image
+    return image.resize((width, height), RESAMPLE)
+
+
+def preprocess(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """Bytes of an image file -> ``uint8`` array ``(height, width, 3)``, RGB, 0-255."""
+    image = resize_image(decode_image(data), size)
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def load_image_file(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """:func:`preprocess` for a file on disk (the training data loader uses this)."""
+    return preprocess(Path(path).read_bytes(), size)
