@@ -1,0 +1,85 @@
+# Every knob of the workflow, visible in one place. Override on the command line:
+#   make train DATA_DIR=../shared/data/clothing-dataset-small WEIGHTS=../shared/weights/xception_imagenet_notop.weights.h5
+PYTHON      ?= python3
+DATA_DIR    ?= data/clothing-dataset-small
+DATA_REPO   ?= https://github.com/alexeygrigorev/clothing-dataset-small
+WEIGHTS     ?= imagenet
+TRAIN_DIR   ?= artifacts/train
+EXPORT_DIR  ?= artifacts/export
+ARCH        ?= x86_64
+EVENT       ?= events/direct.json
+STACK_NAME  ?= edge-clothing-classifier
+
+DEV_VENV     := .venv
+RUNTIME_VENV := .venv-runtime
+DEV_PY       := $(DEV_VENV)/bin/python
+RUNTIME_PY   := $(RUNTIME_VENV)/bin/python
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+# --- environments (rebuilt only when their requirements change) ---------------------------------
+$(RUNTIME_VENV)/.installed: lambda_function/requirements.txt
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_PY) -m pip install -q --upgrade pip
+	$(RUNTIME_PY) -m pip install -q -r lambda_function/requirements.txt
+	touch $@
+
+$(DEV_VENV)/.installed: pyproject.toml lambda_function/requirements.txt
+	$(PYTHON) -m venv $(DEV_VENV)
+	$(DEV_PY) -m pip install -q --upgrade pip
+	$(DEV_PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# --- the two quickstart commands -----------------------------------------------------------------
+demo: $(RUNTIME_VENV)/.installed ## Classify samples/ through the Lambda handler (runtime deps only, no TensorFlow)
+	$(RUNTIME_PY) scripts/demo.py samples
+
+test: $(DEV_VENV)/.installed ## Run the linter and the whole test suite
+	$(DEV_PY) -m ruff check .
+	$(DEV_PY) -m ruff format --check .
+	$(DEV_PY) -m pytest
+
+lint: $(DEV_VENV)/.installed ## ruff check + format check
+	$(DEV_PY) -m ruff check .
+	$(DEV_PY) -m ruff format --check .
+
+format: $(DEV_VENV)/.installed ## Apply ruff's fixes and formatting
+	$(DEV_PY) -m ruff check --fix .
+	$(DEV_PY) -m ruff format .
+
+# --- the workflow: data -> train -> convert -> build -> invoke -> deploy ------------------------
+data: ## Clone the dataset into DATA_DIR unless it is already there
+	@if [ -d "$(DATA_DIR)/train" ]; then echo "$(DATA_DIR) already holds the dataset"; \
+	else git clone --depth 1 $(DATA_REPO) $(DATA_DIR); fi
+
+train: $(DEV_VENV)/.installed ## Train Xception transfer learning on DATA_DIR with WEIGHTS -> TRAIN_DIR
+	$(DEV_PY) -m train --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR) --weights $(WEIGHTS)
+
+evaluate: $(DEV_VENV)/.installed ## Re-evaluate TRAIN_DIR/model.keras on the test split (full Keras model, slow)
+	$(DEV_PY) -m train.evaluate $(TRAIN_DIR)/model.keras --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR)/evaluation
+
+convert: $(DEV_VENV)/.installed ## Export TFLite/ONNX variants, validate, report, install the best in lambda_function/model
+	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto
+
+build: ## sam build (makefile builder, no Docker) for ARCH
+	sam build --parameter-overrides Architecture=$(ARCH)
+
+invoke: ## sam local invoke -e EVENT (needs Docker)
+	sam local invoke ClassifierFunction -e $(EVENT)
+
+deploy: ## sam deploy --guided
+	sam deploy --guided --stack-name $(STACK_NAME) --parameter-overrides Architecture=$(ARCH)
+
+bench: $(DEV_VENV)/.installed ## Size/accuracy/latency report of every exported variant (EXPORT_DIR)
+	$(DEV_PY) -m convert.report $(EXPORT_DIR) --data-dir $(DATA_DIR)
+
+bench-serve: $(DEV_VENV)/.installed ## Handler vs bare interpreter latency, cold start and RSS on the bundled model
+	$(DEV_PY) scripts/bench_serve.py --model lambda_function/model/model.tflite
+
+clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
+	rm -rf $(DEV_VENV) $(RUNTIME_VENV) .aws-sam build .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,592 @@
+"""Download image bytes from a client's URL without letting the client aim us at our own network.
+
+A URL is a request to open a connection from inside our account, so each one is treated as hostile:
+
+* only ``http``, ``https`` and ``s3`` (``s3`` never through a redirect: that would let any web page make
+  us read our own buckets with the function's role);
+* the host is resolved once, EVERY address is checked (:func:`check_address`) and the connection goes to
+  the checked address itself, so a second DNS answer cannot swap in an internal one (DNS rebinding);
+* each redirect is a new URL and gets the same checks, at most ``MAX_REDIRECTS`` of them, never from
+  https down to http;
+* a connect timeout, a timeout per read, and one deadline for the whole fetch that a server dripping a
+  byte at a time cannot stretch (the socket timeout is re-armed to the time left before every read);
+* a size cap counted while streaming; Content-Length is only used to refuse early, never trusted.
+
+Stdlib ``http.client``/``ssl`` rather than a library such as requests-hardened: nothing extra in the
+Lambda zip, and pinning the connection to the checked IP, the streaming cap and the deadline are ours to
+see and test. boto3 is imported only for ``s3://`` URLs (the Lambda runtime has it; it is not in
+requirements.txt).
+
+Every failure is a ServingError: 400 ``invalid_url`` / ``unsupported_scheme`` / ``url_refused``,
+413 ``image_too_large_bytes``, 415 ``unsupported_media_type``, 500 ``s3_unavailable``,
+502 ``upstream_error`` / ``too_many_redirects``, 504 ``upstream_timeout``. An empty 200 body is returned
+as ``b""``: the decoder answers 422 ``empty_image`` for it, like for any other source of bytes.
+"""
+
+from __future__ import annotations
+
+import http
+import http.client
+import ipaddress
+import logging
+import os
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import quote, urljoin, urlsplit
+
+from lambda_function.errors import ServingError
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_CONNECT_TIMEOUT = 3.0
+DEFAULT_READ_TIMEOUT = 5.0
+DEFAULT_TOTAL_TIMEOUT = 10.0
+MAX_REDIRECTS = 3
+MAX_URL_LENGTH = 2048
+CHUNK_SIZE = 64 * 1024
+REQUEST_HEADERS = {"User-Agent": "edge-clothing-classifier/0.1", "Accept": "image/*"}
+HTTP_SCHEMES = {"http": 80, "https": 443}
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Local testing only: comma-separated host:port pairs exempt from the private-address block.
+ALLOWED_HOSTS_ENV = "FETCH_ALLOWED_HOSTS"
+# host:port of the Lambda runtime API; refused even when listed in FETCH_ALLOWED_HOSTS.
+RUNTIME_API_ENV = "AWS_LAMBDA_RUNTIME_API"
+# Cloud metadata endpoints (AWS IMDS v4/v6, ECS task metadata). The generic checks already refuse them;
+# naming them keeps them refused whatever a Python version thinks is "global".
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254")
+)
+# IPv6 forms that carry an IPv4 address the packet may end up at.
+NAT64_NETWORK = ipaddress.ip_network("64:ff9b::/96")
+# Media types that are certainly not an image: refused before the body is read. Anything else
+# (missing, application/octet-stream, binary/octet-stream, image/*) is left for the decoder to judge.
+NON_IMAGE_TOP_TYPES = frozenset({"text", "audio", "video", "font", "multipart", "message", "model"})
+NON_IMAGE_APPLICATION_TYPES = frozenset(
+    {"json", "xml", "javascript", "ecmascript", "pdf", "zip", "gzip", "x-gzip", "x-tar", "xhtml+xml"}
+)
+S3_BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+S3_MAX_KEY_BYTES = 1024
+# Bounds how much client- or server-supplied text we echo back in an error message.
+MAX_ECHO_CHARS = 100
+
+logger = logging.getLogger(__name__)
+
+Resolver = Callable[..., list[tuple]]
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    total_timeout: float = DEFAULT_TOTAL_TIMEOUT
+    max_redirects: int = MAX_REDIRECTS
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0 or self.max_redirects < 0:
+            raise ValueError("max_bytes and max_redirects must be >= 0")
+        if min(self.connect_timeout, self.read_timeout, self.total_timeout) <= 0:
+            raise ValueError("timeouts must be > 0")
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One http(s) URL, parsed and validated; ``host`` is lowercased and without IPv6 brackets."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    request_target: str
+
+    @property
+    def key(self) -> str:
+        return _host_key(self.host, self.port)
+
+
+def fetch(
+    url: object,
+    limits: FetchLimits = FetchLimits(),
+    *,
+    allowed_hosts: frozenset[str] | None = None,
+    resolver: Resolver = socket.getaddrinfo,
+) -> bytes:
+    """The bytes at ``url`` (http, https or s3), or ServingError. ``allowed_hosts`` None reads the env."""
+    text = _check_url_text(url)
+    scheme = text.split("://", 1)[0].lower()
+    deadline = time.monotonic() + limits.total_timeout
+    if scheme == "s3":
+        return _fetch_s3(text, limits, deadline)
+    if scheme not in HTTP_SCHEMES:
+        raise _scheme_error(scheme)
+    if allowed_hosts is None:
+        allowed = allowed_hosts_from_env()
+    else:
+        allowed = frozenset(_parse_host_port(entry) for entry in allowed_hosts)
+    return _fetch_http(text, limits, allowed, resolver, deadline)
+
+
+def allowed_hosts_from_env(environ: Mapping[str, str] = os.environ) -> frozenset[str]:
+    """Normalised ``host:port`` pairs of env FETCH_ALLOWED_HOSTS; ValueError for an entry without a port."""
+    raw = environ.get(ALLOWED_HOSTS_ENV, "")
+    return frozenset(_parse_host_port(entry) for entry in raw.split(",") if entry.strip())
+
+
+def check_address(ip: IPAddress) -> None:
+    """Raise ServingError(400, "url_refused") unless ``ip`` is a public unicast internet address."""
+    reason = _blocked_reason(ip)
+    if reason is not None:
+        raise ServingError(
+            400,
+            "url_refused",
+            f"The URL's host resolves to a {reason} address; only public internet addresses are allowed.",
+        )
+
+
+# --- addresses ------------------------------------------------------------------------------------
+
+
+def _blocked_reason(ip: IPAddress) -> str | None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        # Forms that embed an IPv4 address are judged by it, so ::ffff:127.0.0.1 is loopback.
+        # A mapped or NAT64 address IS its IPv4 address; a 6to4 one must also pass as IPv6 below.
+        if ip.ipv4_mapped is not None:
+            return _blocked_reason(ip.ipv4_mapped)
+        if ip in NAT64_NETWORK:
+            return _blocked_reason(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None and _blocked_reason(ip.sixtofour) is not None:
+            return _blocked_reason(ip.sixtofour)
+        if ip.is_site_local:
+            return "site-local"
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata"
+    checks = (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("unspecified", ip.is_unspecified),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("non-global", not ip.is_global),  # e.g. carrier-grade NAT 100.64.0.0/10
+    )
+    return next((name for name, hit in checks if hit), None)
+
+
+def _unwrap(ip: IPAddress) -> IPAddress:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _resolve(target: _Target, resolver: Resolver) -> list[IPAddress]:
+    try:
+        infos = resolver(target.host, target.port, 0, socket.SOCK_STREAM)
+    except UnicodeError:
+        raise ServingError(400, "invalid_url", "The URL's host name is not a valid domain name.") from None
+    except OSError:
+        raise ServingError(
+            502, "upstream_error", f"The host {_echo(target.host)} could not be resolved."
+        ) from None
+    addresses: list[IPAddress] = []
+    for family, _type, _proto, _canon, sockaddr in infos:
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        ip = ipaddress.ip_address(sockaddr[0])
+        if ip not in addresses:
+            addresses.append(ip)
+    if not addresses:
+        raise ServingError(502, "upstream_error", f"The host {_echo(target.host)} has no IP address.")
+    return addresses
+
+
+def _check_target(target: _Target, addresses: list[IPAddress], allowed: frozenset[str]) -> None:
+    """Refuse the runtime API always, and non-public addresses unless host:port is allowed."""
+    runtime = os.environ.get(RUNTIME_API_ENV, "")
+    if runtime:
+        runtime_host, _, runtime_port = runtime.rpartition(":")
+        runtime_host = runtime_host.strip("[]").lower()
+        if str(target.port) == runtime_port and (
+            target.host == runtime_host
+            or any(_unwrap(ip).is_loopback or str(_unwrap(ip)) == runtime_host for ip in addresses)
+        ):
+            logger.warning("refused %s: Lambda runtime API", target.key)
+            raise ServingError(400, "url_refused", "The URL points at the Lambda runtime API.")
+    if target.key in allowed:
+        return
+    for ip in addresses:
+        try:
+            check_address(ip)
+        except ServingError:
+            logger.warning("refused %s: resolves to %s", target.key, ip)
+            raise
+
+
+# --- URLs -----------------------------------------------------------------------------------------
+
+
+def _check_url_text(url: object) -> str:
+    if not isinstance(url, str):
+        raise ServingError(400, "invalid_url", f"The URL must be a string, not {type(url).__name__}.")
+    text = url.strip()
+    if not text:
+        raise ServingError(400, "invalid_url", "The URL is empty.")
+    if len(text) > MAX_URL_LENGTH:
+        raise ServingError(400, "invalid_url", f"The URL is longer than {MAX_URL_LENGTH} characters.")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise ServingError(400, "invalid_url", "The URL contains control characters.")
+    if "://" not in text:
+        raise ServingError(400, "invalid_url", "The URL must start with http://, https:// or s3://.")
+    return text
+
+
+def _scheme_error(scheme: str) -> ServingError:
+    return ServingError(
+        400, "unsupported_scheme", f"URL scheme {_echo(scheme)!r} is not allowed; use http, https or s3."
+    )
+
+
+def _parse_http_url(url: str) -> _Target:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ServingError(400, "invalid_url", "The URL's host or port is malformed.") from None
+    scheme = parts.scheme.lower()
+    if scheme not in HTTP_SCHEMES:
+        raise _scheme_error(scheme)
+    if parts.username is not None or parts.password is not None:
+        raise ServingError(400, "invalid_url", "Credentials in the URL are not allowed.")
+    host = parts.hostname
+    if not host:
+        raise ServingError(400, "invalid_url", "The URL has no host.")
+    if any(char.isspace() or char in "%\\<>^`{|}\"'" for char in host):
+        raise ServingError(400, "invalid_url", "The URL's host contains characters a host cannot have.")
+    if port == 0:
+        raise ServingError(400, "invalid_url", "The URL's port must be 1-65535.")
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    # Spaces and non-ASCII go out percent-encoded, as a browser sends them; the rest is kept as written.
+    target = quote(target, safe="".join(chr(c) for c in range(0x21, 0x7F)))
+    return _Target(url, scheme, host, port or HTTP_SCHEMES[scheme], target)
+
+
+def _host_key(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_host_port(entry: str) -> str:
+    try:
+        parts = urlsplit("//" + entry.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port or parts.path or parts.username is not None:
+        raise ValueError(f"{ALLOWED_HOSTS_ENV} entry {entry!r} is not host:port")
+    return _host_key(host, port)
+
+
+def _echo(text: str) -> str:
+    """``text`` shortened and printable, for an error message."""
+    text = "".join(char if char.isprintable() else "?" for char in str(text))
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 3] + "..."
+
+
+# --- HTTP -----------------------------------------------------------------------------------------
+
+
+def _fetch_http(
+    url: str, limits: FetchLimits, allowed: frozenset[str], resolver: Resolver, deadline: float
+) -> bytes:
+    previous: _Target | None = None
+    for _hop in range(limits.max_redirects + 1):
+        try:
+            target = _parse_http_url(_check_url_text(url))  # a Location is as untrusted as the URL
+            if previous is not None and previous.scheme == "https" and target.scheme == "http":
+                raise ServingError(400, "url_refused", "A redirect from https to http is not followed.")
+            addresses = _resolve(target, resolver)
+            _check_target(target, addresses, allowed)
+        except ServingError as exc:
+            if previous is None:
+                raise
+            message = f"Redirect to {_echo(url)} refused: {exc.message}"
+            raise ServingError(exc.status, exc.code, message) from None
+        body, location = _request(target, addresses, limits, deadline)
+        if location is None:
+            return body
+        previous, url = target, urljoin(target.url, location)
+    raise ServingError(
+        502, "too_many_redirects", f"The URL redirected more than {limits.max_redirects} times."
+    )
+
+
+class _DeadlineMixin:
+    """Re-arms the socket timeout before every read: min(read timeout, time left to the deadline)."""
+
+    deadline: float = float("inf")
+    read_timeout: float | None = None
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("total deadline passed")
+        self.settimeout(left if self.read_timeout is None else min(self.read_timeout, left))
+
+    def recv(self, *args, **kwargs):
+        self._arm()
+        return super().recv(*args, **kwargs)
+
+    def recv_into(self, *args, **kwargs):
+        self._arm()
+        return super().recv_into(*args, **kwargs)
+
+
+class _DeadlineSocket(_DeadlineMixin, socket.socket):
+    pass
+
+
+class _DeadlineSSLSocket(_DeadlineMixin, ssl.SSLSocket):
+    pass
+
+
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    # Default verification (system CAs, or SSL_CERT_FILE), built once per container.
+    context = ssl.create_default_context()
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context
+
+
+class _PinnedConnection(http.client.HTTPConnection):
+    """http.client on a socket we opened to a checked address; Host header and SNI name the URL's host."""
+
+    def __init__(self, target: _Target, sock: socket.socket):
+        super().__init__(target.host, target.port)
+        self.default_port = HTTP_SCHEMES[target.scheme]  # Host header carries the port only if not default
+        self.sock = sock
+
+    def connect(self) -> None:
+        # Reconnecting would resolve the host again; a pinned connection is used for one request only.
+        raise http.client.NotConnected("pinned connection already closed")
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("total deadline passed")
+    return left
+
+
+def _open_socket(target: _Target, ip: IPAddress, limits: FetchLimits, deadline: float) -> socket.socket:
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = _DeadlineSocket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(min(limits.connect_timeout, _left(deadline)))
+        sock.connect((str(ip), target.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if target.scheme == "https":
+            sock = _tls_context().wrap_socket(
+                sock, server_hostname=target.host, do_handshake_on_connect=False
+            )
+            sock.settimeout(min(limits.connect_timeout, _left(deadline)))
+            sock.do_handshake()
+    except BaseException:
+        sock.close()
+        raise
+    sock.deadline = deadline
+    sock.read_timeout = limits.read_timeout
+    return sock
+
+
+def _connect(target: _Target, addresses: list[IPAddress], limits: FetchLimits, deadline: float):
+    """A socket to the first checked address that answers."""
+    error: OSError | None = None
+    for ip in addresses:
+        try:
+            return _open_socket(target, ip, limits, deadline)
+        except ssl.SSLError:
+            raise  # a bad certificate is the same on every address
+        except OSError as exc:
+            error = exc
+            if deadline <= time.monotonic():
+                break
+    assert error is not None
+    raise error
+
+
+def _request(
+    target: _Target, addresses: list[IPAddress], limits: FetchLimits, deadline: float
+) -> tuple[bytes, str | None]:
+    """``(body, None)`` for a 200, ``(b"", location)`` for a redirect; ServingError otherwise."""
+    host = _echo(target.host)
+    conn: _PinnedConnection | None = None
+    response: http.client.HTTPResponse | None = None
+    try:
+        conn = _PinnedConnection(target, _connect(target, addresses, limits, deadline))
+        conn.request("GET", target.request_target, headers=REQUEST_HEADERS)
+        response = conn.getresponse()
+        if response.status in REDIRECT_STATUSES:
+            location = response.getheader("Location")
+            if not location:
+                raise ServingError(502, "upstream_error", f"{host} redirected without a Location.")
+            return b"", location.strip()
+        if response.status != 200:
+            raise ServingError(
+                502, "upstream_error", f"{host} answered HTTP {response.status} {_phrase(response.status)}."
+            )
+        _check_content_type(response.getheader("Content-Type"))
+        declared = _declared_length(response.getheader("Content-Length"))
+        if declared is not None and declared > limits.max_bytes:
+            raise _too_large(limits.max_bytes)
+        body = _read_capped(response.read, limits.max_bytes, deadline)
+        if declared is not None and len(body) < declared:
+            raise ServingError(
+                502, "upstream_error", f"{host} closed the connection after {len(body)} of {declared} bytes."
+            )
+        return body, None
+    except ServingError:
+        raise
+    except TimeoutError:
+        raise ServingError(504, "upstream_timeout", f"{host} did not answer in time.") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise ServingError(
+            502, "upstream_error", f"The TLS certificate of {host} is not valid: {exc.verify_message}."
+        ) from None
+    except ssl.SSLError:
+        raise ServingError(502, "upstream_error", f"The TLS handshake with {host} failed.") from None
+    except (http.client.HTTPException, ValueError):
+        raise ServingError(502, "upstream_error", f"{host} sent a malformed HTTP response.") from None
+    except ConnectionRefusedError:
+        raise ServingError(502, "upstream_error", f"{host} refused the connection.") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ServingError(502, "upstream_error", f"Connection to {host} failed: {reason}.") from None
+    finally:
+        # The response holds its own reference to the socket once the server said "Connection: close".
+        if response is not None:
+            response.close()
+        if conn is not None:
+            conn.close()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _declared_length(value: str | None) -> int | None:
+    value = (value or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _check_content_type(value: str | None) -> None:
+    media_type = (value or "").split(";", 1)[0].strip().lower()
+    top, _, sub = media_type.partition("/")
+    if top == "image" or not media_type:
+        return
+    not_image = top in NON_IMAGE_TOP_TYPES or (
+        top == "application"
+        and (sub in NON_IMAGE_APPLICATION_TYPES or sub.endswith("+json") or sub.endswith("+xml"))
+    )
+    if not_image:
+        raise ServingError(
+            415, "unsupported_media_type", f"The URL serves {_echo(media_type)!r}, not an image."
+        )
+
+
+def _too_large(max_bytes: int) -> ServingError:
+    return ServingError(413, "image_too_large_bytes", f"The image is larger than {max_bytes} bytes.")
+
+
+def _read_capped(read: Callable[[int], bytes], max_bytes: int, deadline: float) -> bytes:
+    """Read until EOF, never more than ``max_bytes + 1`` bytes: one byte over the cap is enough to refuse."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        _left(deadline)
+        chunk = read(min(CHUNK_SIZE, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+
+
+# --- S3 -------------------------------------------------------------------------------------------
+
+
+def _parse_s3_url(url: str) -> tuple[str, str]:
+    # Keys are taken verbatim (as the AWS CLI writes them): "?" and "#" are part of the key.
+    rest = url.split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    if not S3_BUCKET_PATTERN.fullmatch(bucket):
+        raise ServingError(400, "invalid_url", f"{_echo(bucket)!r} is not a valid S3 bucket name.")
+    if not key or len(key.encode("utf-8")) > S3_MAX_KEY_BYTES:
+        raise ServingError(400, "invalid_url", f"The S3 URL needs a key of 1-{S3_MAX_KEY_BYTES} bytes.")
+    return bucket, key
+
+
+@lru_cache(maxsize=4)
+def _s3_client(connect_timeout: float, read_timeout: float):
+    """One boto3 client per container (creating one costs ~100 ms); boto3 is only imported here."""
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ServingError(
+            500, "s3_unavailable", "s3:// URLs need boto3, which is not installed here."
+        ) from None
+    # One attempt: a retry would outlive the deadline; the client can retry the whole request.
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+    )
+    return boto3.client("s3", config=config)
+
+
+def _fetch_s3(url: str, limits: FetchLimits, deadline: float) -> bytes:
+    bucket, key = _parse_s3_url(url)
+    client = _s3_client(limits.connect_timeout, limits.read_timeout)
+    where = _echo(f"s3://{bucket}/{key}")
+    try:
+        response = client.get_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # botocore raises many types; all are upstream failures
+        raise _s3_error(exc, where) from None
+    body = response["Body"]
+    try:
+        length = response.get("ContentLength")
+        if isinstance(length, int) and length > limits.max_bytes:
+            raise _too_large(limits.max_bytes)
+        _check_content_type(response.get("ContentType"))
+        return _read_capped(body.read, limits.max_bytes, deadline)
+    except ServingError:
+        raise
+    except TimeoutError:
+        raise ServingError(504, "upstream_timeout", f"Reading {where} took too long.") from None
+    except Exception as exc:
+        raise _s3_error(exc, where) from None
+    finally:
+        body.close()
+
+
+def _s3_error(exc: Exception, where: str) -> ServingError:
+    # Only the error code goes back: botocore's messages can name the function's role and account.
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode", "unknown error"
+        )
+        return ServingError(502, "upstream_error", f"S3 refused {where}: {_echo(str(code))}.")
+    name = type(exc).__name__
+    if "Timeout" in name:
+        return ServingError(504, "upstream_timeout", f"S3 did not answer in time for {where}.")
+    return ServingError(502, "upstream_error", f"Reading {where} from S3 failed ({name}).")

@@ -1,0 +1,75 @@
+"""`make demo`: classify the sample photos through the real Lambda handler, over a loopback HTTP server.
+
+The true label of each sample is its file name (``samples/pants.jpg`` is a pair of pants). Runs with the
+runtime requirements only: no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        pass
+
+
+def serve(directory: Path) -> ThreadingHTTPServer:
+    handler = functools.partial(QuietHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("samples", type=Path, nargs="?", default=Path("samples"))
+    parser.add_argument("--top-k", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    images = sorted(p for p in args.samples.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        print(f"no images in {args.samples}", file=sys.stderr)
+        return 2
+    server = serve(args.samples)
+    host, port = server.server_address[:2]
+    # The handler refuses loopback addresses unless the exact host:port is allowed: this is that opt-in.
+    os.environ["FETCH_ALLOWED_HOSTS"] = f"{host}:{port}"
+
+    started = time.perf_counter()
+    from lambda_function import app  # loads the bundled model, as a Lambda cold start would
+
+    print(f"cold start (import + model load): {(time.perf_counter() - started) * 1000:.0f} ms")
+    print(f"{'image':<16} {'true':<11} {'top-' + str(args.top_k) + ' predictions':<52} {'ms':>6}")
+    correct = 0
+    for path in images:
+        truth = path.stem
+        started = time.perf_counter()
+        body = app.lambda_handler({"url": f"http://{host}:{port}/{path.name}", "top_k": args.top_k}, None)
+        elapsed = (time.perf_counter() - started) * 1000
+        if "error" in body:
+            print(f"{path.name:<16} {truth:<11} ERROR {body['error']['code']}: {body['error']['message']}")
+            continue
+        predictions = body["predictions"]
+        hit = predictions[0]["label"] == truth
+        correct += hit
+        shown = "  ".join(f"{p['label']} {p['score']:.2f}" for p in predictions)
+        print(f"{path.name:<16} {truth:<11} {shown:<52} {elapsed:6.0f} {'ok' if hit else 'MISS'}")
+    server.shutdown()
+    print(f"{correct}/{len(images)} correct (model {body.get('model', '?')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
