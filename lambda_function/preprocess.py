@@ -74,17 +74,21 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
-    if mode == "RGB":
+    # A PNG tRNS chunk (or a GIF's transparent index) makes one colour transparent without an alpha band.
+    keyed = image.info.get("transparency") is not None and mode in ("P", "L", "RGB", "1")
+    if mode == "RGB" and not keyed:
         return image
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         # 16-bit greyscale: Pillow's convert("L") would clip at 255 and turn most pixels white.
         pixels = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if pixels.max(initial=0) > 255 or mode.startswith("I;16") else 255.0
         grey = np.clip(np.rint(pixels * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in image.info
-    )
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):
+            rgb[pixels == transparent] = BACKGROUND
+        return Image.fromarray(rgb)
+    has_alpha = keyed or mode in ("RGBA", "LA", "PA", "RGBa", "La")
     if has_alpha:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGB", rgba.size, BACKGROUND)

@@ -1,0 +1,154 @@
+"""AWS Lambda entry point: ``lambda_function.app.lambda_handler``.
+
+The model loads once per container, at import (Lambda's init phase), never per request. If it cannot
+load, the import still succeeds: the reason is logged and every request gets a 500 model_unavailable.
+Env: MODEL_PATH (default: the bundled ``model/model.tflite``), NUM_THREADS (default: CPU count),
+FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lambda_function.classifier import DEFAULT_MODEL_PATH, Classifier
+from lambda_function.errors import ServingError
+from lambda_function.events import event_kind, parse_event, respond
+from lambda_function.logging_json import get_logger
+from lambda_function.service import DEFAULT_LIMITS, classify_bytes, classify_url, fetch_timed
+
+# Size cap and deadlines per URL (tests shorten them).
+FETCH_LIMITS = DEFAULT_LIMITS
+# Batch URLs are fetched concurrently (I/O bound) and classified one by one (one interpreter).
+BATCH_FETCH_WORKERS = 4
+
+log = get_logger()
+
+_INTERNAL_ERROR = ServingError(500, "internal_error", "Something went wrong on our side; it has been logged.")
+_MODEL_UNAVAILABLE = ServingError(
+    500, "model_unavailable", "The model is not available; the function's logs say why."
+)
+# (MODEL_PATH, NUM_THREADS) -> the Classifier, or the ServingError its loading raised (not retried).
+_loaded: dict[tuple[str, str], Classifier | ServingError] = {}
+
+
+def model_path() -> Path:
+    return Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
+
+
+def get_classifier() -> Classifier:
+    """The container's Classifier for the current MODEL_PATH; raises the 500 model_unavailable error."""
+    key = (str(model_path()), os.environ.get("NUM_THREADS", ""))
+    cached = _loaded.get(key)
+    if cached is None:
+        started = time.perf_counter()
+        try:
+            cached = Classifier.from_path(key[0])
+        except ServingError as err:
+            log.error("model load failed", extra={"model_path": key[0], "reason": err.message})
+            cached = _MODEL_UNAVAILABLE
+        except Exception:
+            log.exception("model load failed", extra={"model_path": key[0]})
+            cached = _MODEL_UNAVAILABLE
+        else:
+            log.info(
+                "model loaded",
+                extra={
+                    "model_path": key[0],
+                    "model": cached.model_id,
+                    "input_size": cached.input_size,
+                    "labels": len(cached.labels),
+                    "load_ms": round((time.perf_counter() - started) * 1000.0, 1),
+                },
+            )
+        # One model per container: a new MODEL_PATH (tests) replaces the old one.
+        _loaded.clear()
+        _loaded[key] = cached
+    if isinstance(cached, ServingError):
+        raise cached
+    return cached
+
+
+def reset_for_tests() -> None:
+    """Forget the loaded model so the next request loads MODEL_PATH again."""
+    _loaded.clear()
+
+
+def lambda_handler(event: object, context: object = None) -> dict:
+    started = time.perf_counter()
+    kind = event_kind(event)
+    fields: dict = {"request_id": getattr(context, "aws_request_id", None), "kind": kind}
+    try:
+        status, body = _handle(event, fields)
+    except ServingError as err:
+        status, body = err.status, err.to_body()
+    except Exception:
+        log.exception("unhandled error", extra=fields)
+        status, body = 500, _INTERNAL_ERROR.to_body()
+    fields["status"] = status
+    if "error" in body:
+        fields["code"] = body["error"]["code"]
+    fields["duration_ms"] = round((time.perf_counter() - started) * 1000.0, 1)
+    log.info("request", extra=fields)
+    return respond(kind, status, body)
+
+
+def _handle(event: object, fields: dict) -> tuple[int, dict]:
+    classifier = get_classifier()
+    request = parse_event(event, len(classifier.labels))
+    fields["top_k"] = request.top_k
+    if request.image is not None:
+        fields["source"] = "inline"
+        body = classify_bytes(request.image, classifier, request.top_k)
+    elif request.batch:
+        fields["hosts"] = [_host(url) for url in request.urls]
+        results = _classify_batch(request.urls, classifier, request.top_k)
+        fields["statuses"] = [r["error"]["status"] if "error" in r else 200 for r in results]
+        return 200, {"results": results}
+    else:
+        fields["hosts"] = [_host(request.urls[0])]
+        body = classify_url(request.urls[0], classifier, request.top_k, FETCH_LIMITS)
+    fields["model"] = body["model"]
+    fields["timings_ms"] = body["timings_ms"]
+    return 200, body
+
+
+def _classify_batch(urls: tuple[object, ...], classifier: Classifier, top_k: int) -> list[dict]:
+    """One body per URL, in order; a failing URL yields its error body and does not stop the others."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    results = []
+    with ThreadPoolExecutor(max_workers=min(BATCH_FETCH_WORKERS, len(urls))) as pool:
+        futures = [pool.submit(fetch_timed, url, FETCH_LIMITS) for url in urls]
+        for i, future in enumerate(futures):
+            try:
+                data, fetch_ms = future.result()
+                results.append(classify_bytes(data, classifier, top_k, fetch_ms=fetch_ms))
+            except ServingError as err:
+                results.append(err.to_body())
+            except Exception:
+                log.exception("unhandled error in batch item", extra={"index": i, "host": _host(urls[i])})
+                results.append(_INTERNAL_ERROR.to_body())
+            finally:
+                futures[i] = None  # let this image's bytes go before the next one is classified
+    return results
+
+
+def _host(url: object) -> str | None:
+    # Only the host: paths and query strings may carry signed tokens that must not reach the logs.
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        return parts.hostname if parts.scheme != "s3" else f"s3://{parts.netloc}"
+    except ValueError:
+        return None
+
+
+# Load during Lambda's init phase so the first request does not pay for it.
+try:
+    get_classifier()
+except ServingError:
+    pass
