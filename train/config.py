@@ -1,0 +1,90 @@
+"""Every training default in one place. The CLI (``python -m train --help``) is generated from this file.
+
+Defaults were chosen on the validation split only; the test split is read once, at the end, to report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from train.augment import SHEAR_DEG, ZOOM
+from train.data import MAX_UNREADABLE_FRACTION
+
+# Weights value meaning "random init" (tests, and runs without the ImageNet file).
+NO_WEIGHTS = "none"
+FEATURE_BACKENDS = ("litert", "keras")
+
+
+@dataclass
+class TrainConfig:
+    data_dir: Path = Path("data/clothing-dataset-small")  # holds train/ validation/ test/<class>/*.jpg
+    output_dir: Path = Path("artifacts/train")  # where model.keras, labels.json, metrics.json and PNGs go
+    weights: str = "imagenet"  # "imagenet" (Keras download), a local .weights.h5 path, or "none"
+    image_size: int = 299  # square input side in pixels; Xception needs at least 71
+    train_views: int = 2  # views per training image: 0 = image, 1 = h-flip, 2.. = random shear/zoom/flip
+    epochs: int = 40  # head epochs on cached features (cheap: seconds each)
+    batch_size: int = 32  # head training batch size
+    learning_rate: float = 1e-3  # Adam learning rate
+    dense_units: int = 100  # hidden Dense layer of the head (the seed's Dense(100)); 0 = no hidden layer
+    dropout: float = 0.5  # dropout after the hidden layer (and on the features when 0 dense units)
+    label_smoothing: float = 0.0  # CategoricalCrossentropy label smoothing
+    weight_decay: float = 0.0  # AdamW decoupled weight decay; 0 = plain Adam
+    seed: int = 42  # python / numpy / keras seeds and the random augmentation views
+    feature_backend: str = "litert"  # "litert" (about 3x faster on CPU) or "keras" to run the frozen base
+    num_threads: int | None = None  # threads for the frozen base; None = os.cpu_count()
+    cache_dir: Path | None = None  # feature cache; None = <output_dir>/cache
+    limit_per_class: int | None = None  # keep only the first N images per class and split (quick runs)
+    shear_deg: float = SHEAR_DEG  # max shear angle of random views, degrees (the seed's shear_range=10)
+    zoom: float = ZOOM  # max zoom in/out of random views (the seed's zoom_range=0.1)
+    max_unreadable_fraction: float = MAX_UNREADABLE_FRACTION  # stop above this unreadable share of a split
+    check_images: int = 8  # test images used to prove full model == head(features)
+
+    # Not a hyper-parameter: filled in by __post_init__ so the rest of the code never re-derives it.
+    resolved_cache_dir: Path = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.output_dir = Path(self.output_dir)
+        if self.image_size < 71:
+            raise ValueError(f"image_size must be at least 71 (Xception's minimum), got {self.image_size}")
+        if self.train_views < 1:
+            raise ValueError(f"train_views must be at least 1, got {self.train_views}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.feature_backend not in FEATURE_BACKENDS:
+            raise ValueError(
+                f"feature_backend must be one of {FEATURE_BACKENDS}, got {self.feature_backend!r}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.limit_per_class is not None and self.limit_per_class < 1:
+            raise ValueError(f"limit_per_class must be at least 1, got {self.limit_per_class}")
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
+        self.resolved_cache_dir = self.cache_dir or self.output_dir / "cache"
+
+    @property
+    def threads(self) -> int:
+        return self.num_threads or os.cpu_count() or 1
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of every init field (paths as strings)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+_FIELD_LINE = re.compile(r"^    (\w+): [^=]+= .*?  # (.+)$")
+
+
+def field_help() -> dict[str, str]:
+    """{field name: its one-line comment above}, so ``--help`` and this file never disagree."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    return {m.group(1): m.group(2).strip() for m in map(_FIELD_LINE.match, source.splitlines()) if m}

@@ -1,0 +1,143 @@
+"""Find the dataset on disk and load its pixels with the serving code's preprocessing.
+
+Layout: ``DIR/{train,validation,test}/<class>/<image>``. Class names are the sorted folder names of
+``train``; the other splits must have exactly the same folders. Only numpy, Pillow and tqdm here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lambda_function.errors import ServingError
+from lambda_function.preprocess import load_image_file
+
+SPLITS = ("train", "validation", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+# Above this share of undecodable files in a split, something is wrong with the data, not one file.
+MAX_UNREADABLE_FRACTION = 0.05
+
+
+class DataError(Exception):
+    """The dataset on disk cannot be used; the message says what to fix."""
+
+
+@dataclass
+class Split:
+    name: str
+    paths: list[Path]
+    labels: np.ndarray  # int class index per path
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    class_names: list[str]
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "root": str(self.root),
+            "classes": self.class_names,
+            "counts": {
+                name: {c: int((s.labels == i).sum()) for i, c in enumerate(self.class_names)}
+                for name, s in self.splits.items()
+            },
+        }
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def discover(data_dir: str | Path, limit_per_class: int | None = None) -> Dataset:
+    """Index every split of ``data_dir``; raise DataError with a clear message if it is unusable."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"Data directory not found: {root}")
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if missing:
+        raise DataError(
+            f"Data directory {root} has no {', '.join(missing)} folder(s); "
+            f"expected {'/'.join(SPLITS)}/<class>/<image> inside it."
+        )
+    class_names = _class_dirs(root / "train")
+    if len(class_names) < 2:
+        raise DataError(f"{root / 'train'} needs at least 2 class folders, found {len(class_names)}.")
+    dataset = Dataset(root=root, class_names=class_names)
+    for split in SPLITS:
+        split_dir = root / split
+        found = _class_dirs(split_dir)
+        if found != class_names:
+            extra = sorted(set(found) - set(class_names))
+            lacking = sorted(set(class_names) - set(found))
+            raise DataError(
+                f"Class folders of {split_dir} differ from train's: "
+                f"missing {lacking or 'none'}, unexpected {extra or 'none'}."
+            )
+        paths: list[Path] = []
+        labels: list[int] = []
+        for index, name in enumerate(class_names):
+            files = sorted(p for p in (split_dir / name).iterdir() if _is_image(p))
+            if not files:
+                raise DataError(
+                    f"Class folder {split_dir / name} has no images ({', '.join(IMAGE_EXTENSIONS)})."
+                )
+            if limit_per_class is not None:
+                files = files[:limit_per_class]
+            paths.extend(files)
+            labels.extend([index] * len(files))
+        dataset.splits[split] = Split(split, paths, np.asarray(labels, dtype=np.int64))
+    return dataset
+
+
+@dataclass
+class Skipped:
+    path: str
+    code: str
+    message: str
+
+
+def load_split(
+    paths: list[Path],
+    size: tuple[int, int],
+    desc: str = "load",
+    max_unreadable_fraction: float = MAX_UNREADABLE_FRACTION,
+) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
+    """Decode and resize ``paths`` -> (uint8 (N,H,W,3), indices of the kept paths, skipped files).
+
+    Undecodable files are skipped with a printed warning (never silently); if more than
+    ``max_unreadable_fraction`` of the split is undecodable, DataError is raised instead.
+    """
+    height, width = size
+    images = np.empty((len(paths), height, width, 3), dtype=np.uint8)
+    kept: list[int] = []
+    skipped: list[Skipped] = []
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img")):
+        try:
+            images[len(kept)] = load_image_file(path, size)
+        except ServingError as exc:
+            skipped.append(Skipped(str(path), exc.code, exc.message))
+            tqdm.write(f"WARNING: skipping unreadable image {path}: {exc.code}: {exc.message}")
+            continue
+        except OSError as exc:  # permission denied, vanished file...
+            skipped.append(Skipped(str(path), "unreadable_file", str(exc)))
+            tqdm.write(f"WARNING: skipping unreadable file {path}: {exc}")
+            continue
+        kept.append(i)
+    if paths and len(skipped) / len(paths) > max_unreadable_fraction:
+        raise DataError(
+            f"{len(skipped)} of {len(paths)} images in {desc} could not be read "
+            f"(more than {max_unreadable_fraction:.0%}); first: {skipped[0].path}: {skipped[0].message}"
+        )
+    return images[: len(kept)], np.asarray(kept, dtype=np.int64), skipped
