@@ -12,8 +12,14 @@ STACK_NAME  ?= edge-clothing-classifier
 
 DEV_VENV     := .venv
 RUNTIME_VENV := .venv-runtime
+SAM_VENV     := .venv-sam
 DEV_PY       := $(DEV_VENV)/bin/python
 RUNTIME_PY   := $(RUNTIME_VENV)/bin/python
+# aws-sam-cli lives in its own venv: it brings ~60 packages (flask, cfn-lint...) the code never imports.
+SAM          ?= $(SAM_VENV)/bin/sam
+SAM_VERSION  ?= 1.170.0
+# SAM never phones home from our commands.
+export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve clean
@@ -28,6 +34,12 @@ $(RUNTIME_VENV)/.installed: lambda_function/requirements.txt
 	$(RUNTIME_PY) -m pip install -q -r lambda_function/requirements.txt
 	touch $@
 
+$(SAM_VENV)/.installed:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install -q aws-sam-cli==$(SAM_VERSION)
+	touch $@
+
 $(DEV_VENV)/.installed: pyproject.toml lambda_function/requirements.txt
 	$(PYTHON) -m venv $(DEV_VENV)
 	$(DEV_PY) -m pip install -q --upgrade pip
@@ -38,10 +50,10 @@ $(DEV_VENV)/.installed: pyproject.toml lambda_function/requirements.txt
 demo: $(RUNTIME_VENV)/.installed ## Classify samples/ through the Lambda handler (runtime deps only, no TensorFlow)
 	$(RUNTIME_PY) scripts/demo.py samples
 
-test: $(DEV_VENV)/.installed ## Run the linter and the whole test suite
+test: $(DEV_VENV)/.installed $(SAM_VENV)/.installed ## Run the linter and the whole test suite
 	$(DEV_PY) -m ruff check .
 	$(DEV_PY) -m ruff format --check .
-	$(DEV_PY) -m pytest
+	SAM_CLI=$(abspath $(SAM)) $(DEV_PY) -m pytest
 
 lint: $(DEV_VENV)/.installed ## ruff check + format check
 	$(DEV_PY) -m ruff check .
@@ -65,21 +77,24 @@ evaluate: $(DEV_VENV)/.installed ## Re-evaluate TRAIN_DIR/model.keras on the tes
 convert: $(DEV_VENV)/.installed ## Export TFLite/ONNX variants, validate, report, install the best in lambda_function/model
 	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto
 
-build: ## sam build (makefile builder, no Docker) for ARCH
-	sam build --parameter-overrides Architecture=$(ARCH)
+build: $(SAM_VENV)/.installed ## sam build (makefile builder, no Docker) for ARCH -> .aws-sam/build
+	ARCH=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)
+	@du -sh .aws-sam/build/ClassifierFunction | awk '{print "unzipped artifact: " $$1}'
 
 invoke: ## sam local invoke -e EVENT (needs Docker)
-	sam local invoke ClassifierFunction -e $(EVENT)
+	$(SAM) local invoke ClassifierFunction -e $(EVENT)
 
 deploy: ## sam deploy --guided
-	sam deploy --guided --stack-name $(STACK_NAME) --parameter-overrides Architecture=$(ARCH)
+	$(SAM) deploy --guided --stack-name $(STACK_NAME) --parameter-overrides Architecture=$(ARCH)
 
 bench: $(DEV_VENV)/.installed ## Size/accuracy/latency report of every exported variant (EXPORT_DIR)
 	$(DEV_PY) -m convert.report $(EXPORT_DIR) --data-dir $(DATA_DIR)
 
-bench-serve: $(DEV_VENV)/.installed ## Handler vs bare interpreter latency, cold start and RSS on the bundled model
-	$(DEV_PY) scripts/bench_serve.py --model lambda_function/model/model.tflite
+bench-serve: $(DEV_VENV)/.installed ## Handler vs bare invoke latency, cold start, RSS: bundled model, local artifact
+	$(DEV_PY) scripts/build_artifact.py --platform local --out build/artifact
+	$(DEV_PY) scripts/bench_serve.py --model lambda_function/model/model.tflite --artifact build/artifact \
+		--requests 1000 --json build/bench_serve.json
 
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
-	rm -rf $(DEV_VENV) $(RUNTIME_VENV) .aws-sam build .pytest_cache .ruff_cache
+	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

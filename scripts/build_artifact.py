@@ -1,0 +1,345 @@
+"""Build the Lambda deployment artifact: the ``lambda_function`` package (code + ``model/``) and its
+pip-installed dependencies, flat in one directory (what Lambda unzips into ``/var/task``).
+
+One code path for both users of it:
+
+* ``sam build`` (``lambda_function/Makefile``, ``BuildMethod: makefile``) calls it with
+  ``--platform lambda``: wheels for Amazon Linux 2023 (python3.12+ runtimes), no Docker needed;
+* ``tests/integration/test_artifact.py`` calls it with ``--platform local``, so this machine can import
+  the native wheels and run the handler from the artifact. Local builds copy the requirements (and
+  their dependencies) from the running interpreter's environment instead of asking pip: no network
+  in tests, and exactly the versions the tests ran against. ``--deps pip`` asks pip anyway.
+
+    python scripts/build_artifact.py --platform lambda --arch arm64 --out build/artifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import fnmatch
+import py_compile
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = REPO_ROOT / "lambda_function"
+DEFAULT_REQUIREMENTS = PACKAGE_DIR / "requirements.txt"
+DEFAULT_OUT = REPO_ROOT / "build" / "artifact"
+DEFAULT_PLATFORM = "lambda"
+# Where the dependencies come from: pip (download wheels) or env (copy what this interpreter has).
+DEFAULT_DEPS = {"lambda": "pip", "local": "env"}
+# Must match `Runtime:` in template.yaml (test_template.py checks the Makefile default against it).
+DEFAULT_LAMBDA_PYTHON = "3.12"
+DEFAULT_ARCH = "x86_64"
+# ai-edge-litert publishes manylinux_2_27 wheels only, which the python3.12+ runtimes (Amazon Linux
+# 2023, glibc 2.34) can load; pip also needs the older tags for pure-C wheels such as protobuf's.
+LAMBDA_PLATFORM_TAGS = {
+    "x86_64": ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux2014_x86_64"),
+    "arm64": ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64"),
+}
+# Never shipped: dev caches and build-only files (the Makefile, requirements, tests).
+EXCLUDE = ("__pycache__", "*.pyc", "*.pyo", ".*", "Makefile", "requirements*.txt", "tests", "*.egg-info")
+# Installed files the handler never loads (checked: the interpreter maps only _pywrap_litert_interpreter_
+# wrapper, libLiteRt and libpywrap_litert_common), pruned to keep well under the size budget.
+PRUNE = {
+    "bin": "console scripts; nothing runs them on Lambda",
+    "numpy/**/tests": "numpy's own test suite",
+    "ai_edge_litert/libLiteRtWebGpuAccelerator.so": "GPU accelerator; Lambda has no GPU",
+    "ai_edge_litert/vendors": "NPU compiler/dispatch plugins, loaded only for NPU targets",
+    "ai_edge_litert/tools/apply_plugin_main": "ahead-of-time NPU compiler executable",
+}
+# Lambda's /var/task is read-only, so Python can never cache bytecode there: without .pyc files shipped,
+# every cold start compiles numpy & co. again (~0.2 s measured here). Hash-based, unchecked .pyc files
+# are used as they are, whatever timestamps the zip round trip leaves on the sources.
+PYC_MODE = "UNCHECKED_HASH"
+# Lambda's unzipped limit is 250 MB; our budget is lower so a bigger model still fits.
+SIZE_BUDGET_BYTES = 160 * 1000 * 1000
+
+
+class BuildError(RuntimeError):
+    """The artifact could not be built; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    size_bytes: int
+    platform: str
+    python_version: str
+    arch: str
+    pruned_bytes: int
+    bytecode: bool
+
+
+def pip_install_command(
+    requirements: Path, target: Path, platform: str, python_version: str, arch: str
+) -> list[str]:
+    """The pip command that installs ``requirements`` (wheels only) flat into ``target``."""
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--only-binary=:all:",
+        "--no-compile",  # bytecode is compiled afterwards, and only by the target Python
+        "--target",
+        str(target),
+        "--requirement",
+        str(requirements),
+    ]
+    if platform == "lambda":
+        # Cross-install for the Lambda runtime; pip then resolves without touching this interpreter.
+        command += ["--implementation", "cp", "--python-version", python_version]
+        for tag in LAMBDA_PLATFORM_TAGS[arch]:
+            command += ["--platform", tag]
+    return command
+
+
+def install_dependencies(
+    requirements: Path, target: Path, platform: str, python_version: str, arch: str
+) -> None:
+    read_requirements(requirements)  # a clear error for a missing file before pip's long one
+    command = pip_install_command(requirements, target, platform, python_version, arch)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BuildError(
+            f"pip failed (exit {result.returncode}) installing {requirements} for {platform} "
+            f"python {python_version} {arch}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+        )
+
+
+def read_requirements(requirements: Path) -> list[str]:
+    """Requirement specifiers from a requirements file (comments, blanks and pip options dropped)."""
+    if not requirements.is_file():
+        raise BuildError(f"Requirements file not found: {requirements}")
+    lines = []
+    for raw in requirements.read_text(encoding="utf-8").splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line and not line.startswith(("#", "-")):
+            lines.append(line)
+    return lines
+
+
+def _requirement_class():
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # a bare interpreter still has pip's vendored copy
+        from pip._vendor.packaging.requirements import Requirement
+    return Requirement
+
+
+def installed_closure(specifiers: list[str]) -> list[metadata.Distribution]:
+    """The installed distributions for ``specifiers`` and everything they require, transitively."""
+    requirement = _requirement_class()
+    pending = [(requirement(spec), "") for spec in specifiers]
+    found: dict[str, metadata.Distribution] = {}
+    while pending:
+        req, extra = pending.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        key = req.name.lower().replace("_", "-").replace(".", "-")
+        if key in found:
+            continue
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            raise BuildError(f"{req.name} is not installed here; pip install it or use --deps pip") from None
+        if not req.specifier.contains(dist.version, prereleases=True):
+            raise BuildError(f"{req.name} {dist.version} is installed but {req} is required")
+        found[key] = dist
+        for extra_name in ("", *sorted(req.extras)):
+            pending += [(requirement(child), extra_name) for child in dist.requires or ()]
+    return list(found.values())
+
+
+def copy_installed(specifiers: list[str], target: Path) -> None:
+    """Copy the files (as listed in RECORD) of ``installed_closure(specifiers)`` into ``target``."""
+    for dist in installed_closure(specifiers):
+        root = Path(dist.locate_file("")).resolve()
+        if dist.files is None:
+            raise BuildError(f"{dist.metadata['Name']} has no RECORD; reinstall it with pip")
+        for entry in dist.files:
+            source = Path(dist.locate_file(entry)).resolve()
+            if not source.is_relative_to(root) or "__pycache__" in entry.parts or not source.is_file():
+                continue  # console scripts outside site-packages, bytecode, files already removed
+            destination = target / source.relative_to(root)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
+
+
+def _ignore(_directory: str, names: list[str]) -> set[str]:
+    return {name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDE)}
+
+
+def copy_package(source: Path, target: Path) -> None:
+    """Copy the runtime package (``*.py`` and ``model/``) to ``target/lambda_function``."""
+    if not (source / "__init__.py").is_file():
+        raise BuildError(f"{source} is not a Python package (no __init__.py)")
+    shutil.copytree(source, target / source.name, ignore=_ignore, dirs_exist_ok=True)
+
+
+def prune(target: Path) -> int:
+    """Remove bytecode caches and the :data:`PRUNE` entries; return the bytes removed."""
+    doomed = list(target.rglob("__pycache__"))
+    for pattern in PRUNE:
+        doomed += target.glob(pattern)
+    removed = 0
+    for path in sorted(set(doomed), key=lambda p: len(p.parts), reverse=True):
+        if not path.exists():
+            continue  # inside something already removed
+        if path.is_dir() and not path.is_symlink():
+            removed += directory_size(path)
+            shutil.rmtree(path)
+        else:
+            removed += path.stat().st_size
+            path.unlink()
+    return removed
+
+
+def compile_bytecode(target: Path) -> None:
+    """Write ``__pycache__/*.cpython-XY.pyc`` for every module in ``target``, for this interpreter."""
+    mode = getattr(py_compile.PycInvalidationMode, PYC_MODE)
+    if not compileall.compile_dir(target, quiet=1, workers=0, invalidation_mode=mode):
+        raise BuildError(f"compiling bytecode in {target} failed (a syntax error in a shipped module?)")
+
+
+def directory_size(path: Path) -> int:
+    """Bytes of all regular files under ``path`` (what `du -sb` reports, minus directory entries)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def prepare_output(out: Path) -> None:
+    """Make ``out`` an empty directory, refusing to wipe anything that is not a previous artifact."""
+    if out.exists():
+        if not out.is_dir():
+            raise BuildError(f"{out} exists and is not a directory")
+        entries = list(out.iterdir())
+        if entries and not (out / PACKAGE_DIR.name).is_dir():
+            raise BuildError(f"{out} is not empty and does not look like an artifact; refusing to clear it")
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def build_artifact(
+    out: Path = DEFAULT_OUT,
+    platform: str = DEFAULT_PLATFORM,
+    python_version: str | None = None,
+    arch: str = DEFAULT_ARCH,
+    requirements: Path = DEFAULT_REQUIREMENTS,
+    package: Path = PACKAGE_DIR,
+    deps: str | None = None,
+    bytecode: bool | None = None,
+) -> Artifact:
+    """Build the artifact in ``out`` and return its size.
+
+    ``platform="local"`` is for the interpreter running this script (for tests);
+    ``platform="lambda"`` cross-installs for the Lambda runtime ``python_version`` on ``arch``.
+    ``deps`` is "pip" or "env" (copy from this environment; local only), default per platform.
+    ``bytecode``: ship .pyc files; None = when this interpreter is the target Python (it compiles them).
+    """
+    local_version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if platform == "local":
+        if python_version not in (None, local_version):
+            raise BuildError(
+                f"--platform local builds for this interpreter (Python {local_version}), "
+                f"not {python_version}; run it with that Python instead"
+            )
+        python_version = local_version
+    elif platform == "lambda":
+        if arch not in LAMBDA_PLATFORM_TAGS:
+            raise BuildError(f"Unknown architecture {arch!r}; expected one of {sorted(LAMBDA_PLATFORM_TAGS)}")
+        python_version = python_version or DEFAULT_LAMBDA_PYTHON
+    else:
+        raise BuildError(f"Unknown platform {platform!r}; expected 'local' or 'lambda'")
+    if bytecode is None:
+        bytecode = python_version == local_version
+    elif bytecode and python_version != local_version:
+        raise BuildError(
+            f"bytecode for Python {python_version} must be compiled by that Python, not {local_version}; "
+            f"run this script with python{python_version}"
+        )
+    deps = deps or DEFAULT_DEPS[platform]
+    if deps not in ("pip", "env") or (deps == "env" and platform != "local"):
+        raise BuildError(f"--deps {deps} is not possible for platform {platform}")
+
+    out = Path(out).resolve()
+    prepare_output(out)
+    if deps == "env":
+        copy_installed(read_requirements(Path(requirements)), out)
+    else:
+        install_dependencies(Path(requirements), out, platform, python_version, arch)
+    copy_package(Path(package), out)
+    pruned = prune(out)
+    if bytecode:
+        compile_bytecode(out)
+    return Artifact(out, directory_size(out), platform, python_version, arch, pruned, bytecode)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"artifact directory ({DEFAULT_OUT})")
+    parser.add_argument("--platform", choices=("local", "lambda"), default=DEFAULT_PLATFORM)
+    parser.add_argument(
+        "--python-version",
+        help=f"Lambda runtime Python (default {DEFAULT_LAMBDA_PYTHON}; local: this interpreter)",
+    )
+    parser.add_argument("--arch", choices=sorted(LAMBDA_PLATFORM_TAGS), default=DEFAULT_ARCH)
+    parser.add_argument("--requirements", type=Path, default=DEFAULT_REQUIREMENTS)
+    parser.add_argument(
+        "--deps",
+        choices=("pip", "env"),
+        help="pip: download wheels (lambda default); env: copy from this environment (local default)",
+    )
+    parser.add_argument(
+        "--bytecode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ship .pyc files (default: yes when this interpreter is the target Python)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        artifact = build_artifact(
+            args.out,
+            args.platform,
+            args.python_version,
+            args.arch,
+            args.requirements,
+            deps=args.deps,
+            bytecode=args.bytecode,
+        )
+    except BuildError as exc:
+        print(f"build_artifact: error: {exc}", file=sys.stderr)
+        return 1
+    megabytes = artifact.size_bytes / 1e6
+    print(
+        f"Built {artifact.path} for {artifact.platform} python{artifact.python_version} {artifact.arch}: "
+        f"{artifact.size_bytes} bytes ({megabytes:.1f} MB) unzipped "
+        f"({artifact.pruned_bytes / 1e6:.1f} MB pruned)"
+    )
+    if not artifact.bytecode:
+        print(
+            f"note: no bytecode shipped (built by Python {sys.version_info.major}.{sys.version_info.minor}); "
+            f"cold starts compile every module. Build with python{artifact.python_version} to ship it."
+        )
+    if artifact.size_bytes > SIZE_BUDGET_BYTES:
+        print(f"warning: over the {SIZE_BUDGET_BYTES / 1e6:.0f} MB budget", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
