@@ -1,0 +1,97 @@
+"""Load the trained Keras model and its labels, export a SavedModel, compute Keras reference logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from convert.errors import ModelLoadError
+
+# Keras on the real Xception runs ~3 images/s on 2 cores; small batches keep memory flat.
+PREDICT_BATCH = 16
+REFERENCE_FILE = "keras_reference.npz"
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def load_keras_model(path: str | Path):
+    """Load a ``.keras`` file (without its optimizer) or raise ModelLoadError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"Model file not found: {path}")
+    # A .keras file is a zip archive; checking first gives a clear message for a stray text file.
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path} is not a Keras model (expected a .keras zip archive).")
+    _quiet_tensorflow()
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a damaged archive
+        raise ModelLoadError(f"{path} could not be loaded as a Keras model: {exc}") from None
+    shape = tuple(model.inputs[0].shape) if model.inputs else ()
+    if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
+        raise ModelLoadError(f"{path}: expected an input of shape (None, H, W, 3), got {shape}.")
+    return model
+
+
+def input_hw(model) -> tuple[int, int]:
+    shape = model.inputs[0].shape
+    return int(shape[1]), int(shape[2])
+
+
+def num_outputs(model) -> int:
+    return int(model.outputs[0].shape[-1])
+
+
+def load_labels(path: str | Path, expected: int | None = None) -> list[str]:
+    """Read labels.json (a JSON list of class names in output order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"Labels file not found: {path} (pass --labels PATH).")
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
+        raise ModelLoadError(f"{path} must hold a non-empty JSON list of class names.")
+    if len(set(labels)) != len(labels):
+        raise ModelLoadError(f"{path} lists a class name twice.")
+    if expected is not None and len(labels) != expected:
+        raise ModelLoadError(f"{path} has {len(labels)} labels but the model has {expected} outputs.")
+    return labels
+
+
+def export_saved_model(model, directory: str | Path) -> Path:
+    """``model.export()`` to a TF SavedModel (the input of both the TFLite and the ONNX converters)."""
+    directory = Path(directory)
+    model.export(str(directory), format="tf_saved_model", verbose=False)
+    return directory
+
+
+def keras_logits(model, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    outputs = []
+    for start in tqdm(range(0, len(pixels), batch_size), desc="Keras reference", unit="batch", leave=False):
+        batch = pixels[start : start + batch_size].astype(np.float32)
+        outputs.append(np.asarray(model(batch, training=False), dtype=np.float32))
+    return np.concatenate(outputs) if outputs else np.zeros((0, num_outputs(model)), np.float32)
+
+
+def cached_keras_logits(model, model_sha256: str, images, cache_dir: str | Path) -> np.ndarray:
+    """Keras logits for ``images``, reused from ``cache_dir/keras_reference.npz`` when the key matches."""
+    cache = Path(cache_dir) / REFERENCE_FILE
+    key = f"{model_sha256}:{images.key()}"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as data:
+            if str(data["key"]) == key:
+                return data["logits"]
+    logits = keras_logits(model, images.pixels)
+    np.savez(cache, key=np.array(key), logits=logits)
+    return logits

@@ -1,0 +1,136 @@
+"""Sidecar writing/reading and variant parsing (pure Python, no TensorFlow)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from convert.errors import SidecarError, UnknownVariantError
+from convert.metadata import read_sidecar, verify_model_file, write_sidecar
+from convert.variants import file_stem, parse_formats, parse_quantize, plan
+
+LABELS = ["dress", "hat", "pants"]
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "tflite_int8.tflite"
+    path.write_bytes(b"pretend model bytes")
+    source = tmp_path / "model.keras"
+    source.write_bytes(b"pretend keras bytes")
+    return path, source
+
+
+def test_write_then_read_round_trip(model_file):
+    path, source = model_file
+    quant = {"calibration_images": 300}
+    written = write_sidecar(path, "tflite", "int8", LABELS, (299, 299), source, quant, {"passed": True})
+    assert written == path.with_suffix(".json")
+    meta = read_sidecar(path)
+    assert meta["schema_version"] == 1
+    assert (meta["format"], meta["variant"], meta["output"]) == ("tflite", "int8", "logits")
+    assert meta["labels"] == LABELS
+    assert meta["input"] == {
+        "height": 299,
+        "width": 299,
+        "channels": 3,
+        "layout": "NHWC",
+        "dtype": "float32",
+        "range": [0, 255],
+    }
+    assert meta["sha256"] == hashlib.sha256(b"pretend model bytes").hexdigest()
+    assert meta["source"] == {
+        "model": "model.keras",
+        "sha256": hashlib.sha256(b"pretend keras bytes").hexdigest(),
+    }
+    assert meta["preprocessing"]["function"] == "lambda_function.preprocess.preprocess"
+    assert meta["quantization"] == quant and meta["validation"] == {"passed": True}
+    assert meta["created"].endswith("Z")
+
+
+def test_validation_key_is_optional(model_file):
+    path, source = model_file
+    write_sidecar(path, "onnx", "fp32", LABELS, (64, 48), source, {})
+    meta = read_sidecar(path.with_suffix(".json"))
+    assert "validation" not in meta
+    assert (meta["input"]["height"], meta["input"]["width"]) == (64, 48)
+
+
+def test_unknown_variant_is_refused_when_writing(model_file):
+    path, source = model_file
+    with pytest.raises(UnknownVariantError):
+        write_sidecar(path, "onnx", "float16", LABELS, (32, 32), source, {})
+
+
+def test_tampered_model_is_detected(model_file):
+    path, source = model_file
+    write_sidecar(path, "tflite", "fp32", LABELS, (32, 32), source, {})
+    meta = read_sidecar(path)
+    verify_model_file(path, meta)
+    path.write_bytes(b"other bytes")
+    with pytest.raises(SidecarError, match="does not match"):
+        verify_model_file(path, meta)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("labels"), "lacks: labels"),
+        (lambda m: m.update(labels=[]), "non-empty"),
+        (lambda m: m.update(labels=["a", "a"]), "not unique"),
+        (lambda m: m.update(schema_version=2), "schema_version"),
+        (lambda m: m.update(variant="int4"), "unknown variant"),
+        (lambda m: m["input"].update(height=0), "positive"),
+    ],
+)
+def test_bad_sidecars_are_refused(model_file, change, message):
+    path, source = model_file
+    sidecar = write_sidecar(path, "tflite", "fp32", LABELS, (32, 32), source, {})
+    meta = json.loads(sidecar.read_text())
+    change(meta)
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(SidecarError, match=message):
+        read_sidecar(sidecar)
+
+
+def test_missing_or_garbage_sidecar(tmp_path):
+    with pytest.raises(SidecarError, match="not found"):
+        read_sidecar(tmp_path / "none.tflite")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SidecarError, match="not valid JSON"):
+        read_sidecar(tmp_path / "bad.json")
+
+
+def test_fixture_sidecar_of_the_serving_tests_parses():
+    meta = read_sidecar("tests/fixtures/tiny_model.json")
+    assert meta["format"] == "tflite" and len(meta["labels"]) == 3
+
+
+def test_parse_quantize_maps_none_to_fp32_and_dedups():
+    assert parse_quantize("none, int8,INT8,float16") == ["fp32", "int8", "float16"]
+
+
+@pytest.mark.parametrize("text", ["int4", "none,bf16", ""])
+def test_parse_quantize_rejects_unknown(text):
+    with pytest.raises(UnknownVariantError):
+        parse_quantize(text)
+
+
+def test_parse_formats():
+    assert parse_formats("tflite,onnx") == ["tflite", "onnx"]
+    with pytest.raises(UnknownVariantError, match="coreml"):
+        parse_formats("tflite,coreml")
+
+
+def test_plan_skips_variants_a_format_does_not_have():
+    assert plan(["tflite", "onnx"], ["fp32", "dynamic"]) == [
+        ("tflite", "fp32"),
+        ("tflite", "dynamic"),
+        ("onnx", "fp32"),
+    ]
+
+
+def test_tflite_and_onnx_files_get_distinct_sidecars():
+    assert file_stem("tflite", "fp32") != file_stem("onnx", "fp32")
