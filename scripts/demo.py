@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.server_address[:2]
     # The handler refuses loopback addresses unless the exact host:port is allowed: this is that opt-in.
     os.environ["FETCH_ALLOWED_HOSTS"] = f"{host}:{port}"
+    # The handler's one-JSON-line-per-request log is for CloudWatch; here it would bury the table.
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
 
     started = time.perf_counter()
     from lambda_function import app  # loads the bundled model, as a Lambda cold start would

@@ -96,6 +96,40 @@ def test_choose_variant_is_the_fastest_tflite_within_one_point():
     assert choose_variant(good_int8, 0.91)["variant"] == "tflite-int8"
 
 
+def test_choose_variant_respects_the_size_budget():
+    # fp32 is the fastest here, but 84 MB would blow the Lambda artifact budget.
+    rows = [
+        {
+            "variant": "tflite-fp32",
+            "format": "tflite",
+            "accuracy": 91.0,
+            "latency_p50_ms": 50,
+            "size_mb": 84.0,
+            "passed": True,
+        },
+        {
+            "variant": "tflite-int8",
+            "format": "tflite",
+            "accuracy": 90.6,
+            "latency_p50_ms": 60,
+            "size_mb": 23.0,
+            "passed": True,
+        },
+        {
+            "variant": "tflite-dynamic",
+            "format": "tflite",
+            "accuracy": 90.9,
+            "latency_p50_ms": 70,
+            "size_mb": 21.8,
+            "passed": True,
+        },
+    ]
+    assert choose_variant(rows, 0.91)["variant"] == "tflite-int8"
+    assert choose_variant(rows, 0.91, max_size_mb=100)["variant"] == "tflite-fp32"
+    with pytest.raises(ConversionError, match="at most 10"):
+        choose_variant(rows, 0.91, max_size_mb=10)
+
+
 def test_choose_variant_fails_clearly():
     with pytest.raises(ConversionError, match="within"):
         choose_variant(ROWS, 0.99)
