@@ -87,8 +87,9 @@ invoke: ## sam local invoke -e EVENT (needs Docker)
 deploy: ## sam deploy --guided
 	$(SAM) deploy --guided --stack-name $(STACK_NAME) --parameter-overrides Architecture=$(ARCH)
 
-bench: $(DEV_VENV)/.installed ## Size/accuracy/latency report of every exported variant (EXPORT_DIR)
-	$(DEV_PY) -m convert.report $(EXPORT_DIR) --data-dir $(DATA_DIR)
+bench: $(DEV_VENV)/.installed ## Re-run every export + validation and print the size/accuracy/latency report
+	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install no
+	cat $(EXPORT_DIR)/report.md
 
 bench-serve: $(DEV_VENV)/.installed ## Handler vs bare invoke latency, cold start, RSS: bundled model, local artifact
 	$(DEV_PY) scripts/build_artifact.py --platform local --out build/artifact

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--install",
         default="no",
-        help="no | auto (fastest TFLite variant within 1 point of Keras) | a TFLite variant name",
+        help="no | auto (fastest TFLite variant within 1 point of Keras, at most 25 MB) | a TFLite variant",
     )
     parser.add_argument("--install-dir", type=Path, default=INSTALL_DIR, help=argparse.SUPPRESS)
     parser.add_argument(

@@ -187,8 +187,9 @@ class BareInvoke:
 def cold_starts(model: Path, threads: int, runs: int, artifact: Path | None) -> list[tuple[float, float]]:
     """(library import seconds, app import + model load seconds) of ``runs`` fresh interpreters."""
     env = {k: v for k, v in os.environ.items() if k != "FETCH_ALLOWED_HOSTS"}
-    env.update(MODEL_PATH=str(model), NUM_THREADS=str(threads), LOG_LEVEL="WARNING")
+    env.update(MODEL_PATH=str(model.resolve()), NUM_THREADS=str(threads), LOG_LEVEL="WARNING")
     if artifact is not None:
+        artifact = artifact.resolve()  # the child runs from another folder
         # Like Lambda: only the artifact on the path, and no bytecode cache written (read-only /var/task).
         command = [sys.executable, "-I", "-S", "-B", "-c", COLD_START_CHILD, str(artifact)]
         cwd = artifact.parent
