@@ -6,13 +6,13 @@ Pure Python: no TensorFlow here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 from convert.errors import SidecarError
 from convert.variants import VARIANTS, check_variant
+from lambda_function.classifier import file_sha256 as sha256_file  # one hashing helper for every package
 
 SCHEMA_VERSION = 1
 PREPROCESSING = {
@@ -35,14 +35,6 @@ REQUIRED_KEYS = (
     "quantization",
     "created",
 )
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sidecar_path(model_path: str | Path) -> Path:

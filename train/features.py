@@ -17,6 +17,7 @@ import numpy as np
 from keras import layers
 from tqdm import tqdm
 
+from lambda_function.classifier import file_sha256
 from train.config import NO_WEIGHTS
 
 # Images per LiteRT invoke. Measured on 2 cores (XNNPACK, 299x299): batch 1 and 4 ran at the same
@@ -60,14 +61,6 @@ def build_extractor(image_size: int, weights: str) -> keras.Model:
     # training=False keeps BatchNormalization in inference mode even if the base is unfrozen later.
     pooled = layers.GlobalAveragePooling2D(name="pool")(base(scaled, training=False))
     return keras.Model(inputs, pooled, name="extractor")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_identity(weights: str, seed: int) -> str:
