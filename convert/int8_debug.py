@@ -24,7 +24,7 @@ from convert import data as datamod
 from convert.errors import ConversionError
 from convert.metadata import sha256_file
 from convert.report import benchmark
-from convert.runners import TFLiteRunner, predict_all, softmax
+from convert.runners import TFLiteRunner, predict_all
 from convert.savedmodel import (
     cached_keras_logits,
     export_saved_model,
@@ -41,6 +41,7 @@ from convert.tflite import (
     convert_int8_naive,
     quantize_calibrated,
 )
+from lambda_function.classifier import softmax
 
 DEBUG_IMAGES = 32
 # rmse/scale above this marks a layer as quantization-sensitive (TF's debugger guide uses 0.7).

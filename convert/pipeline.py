@@ -14,7 +14,7 @@ from convert import report as reportmod
 from convert.errors import ConversionError, UnknownVariantError, ValidationError
 from convert.metadata import sha256_file, write_sidecar
 from convert.onnx import to_onnx_fp32, to_onnx_int8
-from convert.runners import load_runner, softmax
+from convert.runners import load_runner
 from convert.savedmodel import (
     cached_keras_logits,
     export_saved_model,
@@ -26,6 +26,7 @@ from convert.savedmodel import (
 from convert.tflite import to_tflite
 from convert.validate import check, tolerance_for, validate
 from convert.variants import EXTENSIONS, FORMATS, VARIANTS, file_stem, plan, variant_id
+from lambda_function.classifier import softmax
 
 # 100 training images (stratified by class), no mirrored copies, plain min/max: the best int8
 # validation accuracy measured (int8_findings.md). More images made it worse: with min/max every

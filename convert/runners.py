@@ -95,14 +95,6 @@ def load_runner(path: str | Path, num_threads: int = NUM_THREADS) -> Runner:
     raise ModelLoadError(f"{path}: expected a .tflite or .onnx file.")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (what the runtime applies to the model's logits)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def predict_all(
     runner: Runner, pixels: np.ndarray, batch_size: int = 16, progress: str | None = None
 ) -> np.ndarray:

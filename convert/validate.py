@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from convert.errors import UnknownVariantError, ValidationError
-from convert.runners import Runner, predict_all, softmax
+from convert.runners import Runner, predict_all
+from lambda_function.classifier import softmax
 
 # Why these numbers (measured on the real Xception, 341 validation images; see int8_findings.md):
 # - fp32: the same float graph on another runtime, only summation order differs (TFLite fp32 measured

@@ -194,7 +194,7 @@ class Classifier:
         raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
         if self._output_quant is not None:
             raw = (raw.astype(np.float64) - self._output_quant.zero_point) * self._output_quant.scale
-        return softmax(raw) if self._output_is_logits else renormalise(raw)
+        return softmax(raw).astype(np.float32) if self._output_is_logits else renormalise(raw)
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
         return top_k(probs, self.labels, k)
@@ -204,10 +204,13 @@ class Classifier:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    # float64 so that large int8-dequantized logits neither overflow nor lose the small classes.
+    """Softmax over the last axis, in float64: the one softmax of serving, training and conversion.
+
+    float64 so that large int8-dequantized logits neither overflow nor lose the small classes.
+    """
     z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max())
-    return (e / e.sum()).astype(np.float32)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def renormalise(probs: np.ndarray) -> np.ndarray:

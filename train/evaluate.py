@@ -13,20 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lambda_function.classifier import softmax  # the runtime's softmax, so scores match serving
+
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 PER_CLASS_PNG = "per_class_metrics.png"
 DEFAULT_SPLIT = "test"
 PREDICT_BATCH = 16
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable for large logits)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -17,9 +17,10 @@ from convert.__main__ import main  # noqa: E402
 from convert.errors import ModelLoadError, UnknownVariantError, ValidationError  # noqa: E402
 from convert.metadata import read_sidecar, sha256_file  # noqa: E402
 from convert.pipeline import ConvertOptions, run  # noqa: E402
-from convert.runners import load_runner, softmax  # noqa: E402
+from convert.runners import load_runner  # noqa: E402
 from convert.savedmodel import load_keras_model  # noqa: E402
 from convert.validate import TOLERANCES, validate  # noqa: E402
+from lambda_function.classifier import softmax  # noqa: E402
 from lambda_function.preprocess import load_image_file  # noqa: E402
 
 LABELS = ["blue", "green", "red"]

@@ -13,8 +13,8 @@ from convert.data import calibration_batches, list_split, stratified_sample, syn
 from convert.errors import ConversionError, DataError, SidecarError, UnknownVariantError, ValidationError
 from convert.metadata import write_sidecar
 from convert.report import choose_variant, install, to_markdown
-from convert.runners import softmax
 from convert.validate import TOLERANCES, check, compare, tolerance_for
+from lambda_function.classifier import softmax
 
 
 def _probs(rng, n=20, k=4, sharp=5.0):
