@@ -41,7 +41,7 @@ def sidecar_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def build_sidecar(
+def write_sidecar(
     model_path: str | Path,
     format: str,
     variant: str,
@@ -50,7 +50,8 @@ def build_sidecar(
     source_path: str | Path,
     quantization: dict,
     validation: dict | None = None,
-) -> dict:
+) -> Path:
+    """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path."""
     check_variant(format, variant)
     height, width = (int(v) for v in input_hw)
     meta = {
@@ -75,21 +76,6 @@ def build_sidecar(
     }
     if validation is not None:
         meta["validation"] = validation
-    return meta
-
-
-def write_sidecar(
-    model_path: str | Path,
-    format: str,
-    variant: str,
-    labels: list[str],
-    input_hw: tuple[int, int],
-    source_path: str | Path,
-    quantization: dict,
-    validation: dict | None = None,
-) -> Path:
-    """Write ``NAME.json`` next to ``model_path`` and return its path."""
-    meta = build_sidecar(model_path, format, variant, labels, input_hw, source_path, quantization, validation)
     path = sidecar_path(model_path)
     path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return path
