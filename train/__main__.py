@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         if not f.init:
             continue
-        kwargs: dict = {"type": _PARSERS[f.type], "default": f.default, "help": helps.get(f.name, "")}
+        kwargs: dict = {"default": f.default, "help": helps.get(f.name, "")}
+        if f.type == "bool":  # --standardize / --no-standardize
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _PARSERS[f.type]
         if f.name == "feature_backend":
             kwargs["choices"] = ("litert", "keras")
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)

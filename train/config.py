@@ -1,6 +1,12 @@
 """Every training default in one place. The CLI (``python -m train --help``) is generated from this file.
 
-Defaults were chosen on the validation split only; the test split is read once, at the end, to report.
+Defaults were chosen without the test split, which is read once, at the end, to report: head settings on
+the validation split, the pooled blocks by 5-fold cross-validation on train + validation (3409 images,
+view 0 only; a logistic regression and this Dense(100) head agreed). Pooling more than the last block
+is the one change that beat the frozen-feature plateau (mean CV accuracy, Dense(100) head):
+block 14 alone 87.7% -> blocks 13-14 89.2% -> blocks 11-14 with standardization 90.1%
+(logistic regression: 87.9 -> 89.2 -> 90.3%; blocks 8-14 90.6%, 10-14 90.4%: no clear gain for the size).
+The extra blocks come out of the same forward pass, so they cost no extraction time.
 """
 
 from __future__ import annotations
@@ -17,6 +23,21 @@ from train.data import MAX_UNREADABLE_FRACTION
 # Weights value meaning "random init" (tests, and runs without the ImageNet file).
 NO_WEIGHTS = "none"
 FEATURE_BACKENDS = ("litert", "keras")
+LAST_BLOCK = 14  # Xception's last block; its output (2048 channels) is the base's output
+FIRST_RESIDUAL_BLOCK = 2  # blocks 2..13 each end with a residual Add layer
+
+
+def parse_blocks(text: str) -> tuple[int, ...]:
+    """ "13,14" -> (13, 14): sorted, unique, each a block whose output can be pooled."""
+    try:
+        blocks = tuple(sorted({int(part) for part in str(text).split(",") if part.strip()}))
+    except ValueError:
+        raise ValueError(f"pooled_blocks must be comma-separated block numbers, got {text!r}") from None
+    if not blocks or blocks[0] < FIRST_RESIDUAL_BLOCK or blocks[-1] > LAST_BLOCK:
+        raise ValueError(
+            f"pooled_blocks must name Xception blocks {FIRST_RESIDUAL_BLOCK}..{LAST_BLOCK}, got {text!r}"
+        )
+    return blocks
 
 
 @dataclass
@@ -25,6 +46,8 @@ class TrainConfig:
     output_dir: Path = Path("artifacts/train")  # where model.keras, labels.json, metrics.json and PNGs go
     weights: str = "imagenet"  # "imagenet" (Keras download), a local .weights.h5 path, or "none"
     image_size: int = 299  # square input side in pixels; Xception needs at least 71
+    pooled_blocks: str = "11,12,13,14"  # Xception blocks (2-14) whose pooled outputs are concatenated
+    standardize: bool = True  # scale each feature to zero mean, unit variance (inside the head)
     train_views: int = 2  # views per training image: 0 = image, 1 = h-flip, 2.. = random shear/zoom/flip
     epochs: int = 40  # head epochs on cached features (cheap: seconds each)
     batch_size: int = 32  # head training batch size
@@ -63,8 +86,13 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.limit_per_class is not None and self.limit_per_class < 1:
             raise ValueError(f"limit_per_class must be at least 1, got {self.limit_per_class}")
+        parse_blocks(self.pooled_blocks)  # fail at startup, not after minutes of feature extraction
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
         self.resolved_cache_dir = self.cache_dir or self.output_dir / "cache"
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return parse_blocks(self.pooled_blocks)
 
     @property
     def threads(self) -> int:

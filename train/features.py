@@ -1,7 +1,11 @@
 """The frozen Xception base as a feature extractor, run once per image and view, with a disk cache.
 
-Training only fits the small head, so the expensive base runs once and its pooled 2048-d features are
-cached; each epoch then takes seconds instead of the seed recipe's ~17 minutes on 2 CPU cores.
+Training only fits the small head, so the expensive base runs once and its pooled features are cached;
+each epoch then takes seconds instead of the seed recipe's ~17 minutes on 2 CPU cores.
+
+The features are the global average of one or more Xception block outputs, concatenated: by default the
+last block (14, 2048 channels) and the one before it (13, 1024 channels). Both come out of the same
+forward pass, so the extra block costs no extraction time; see ``train/config.py`` for the measurement.
 """
 
 from __future__ import annotations
@@ -18,15 +22,14 @@ from keras import layers
 from tqdm import tqdm
 
 from lambda_function.classifier import file_sha256
-from train.config import NO_WEIGHTS
+from train.config import FIRST_RESIDUAL_BLOCK, LAST_BLOCK, NO_WEIGHTS
 
 # Images per LiteRT invoke. Measured on 2 cores (XNNPACK, 299x299): batch 1 and 4 ran at the same
 # speed, so one image per invoke keeps memory small and the tqdm bar smooth.
 LITERT_BATCH = 1
 KERAS_BATCH = 16
-FEATURES_DIM = 2048  # Xception's last block has 2048 channels
 # Bumped whenever the cached bytes would change for the same key (new base, new pooling...).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class WeightsError(Exception):
@@ -45,8 +48,23 @@ def keras_weights_arg(weights: str) -> str | None:
     return str(path)
 
 
-def build_extractor(image_size: int, weights: str) -> keras.Model:
-    """float32 NHWC pixels 0-255 -> x/127.5 - 1 -> frozen Xception (inference mode) -> pooled (N, 2048)."""
+def block_output(base: keras.Model, block: int):
+    """The output tensor of Xception block ``block`` (2..14) inside ``base``.
+
+    Blocks 2..13 end with the n-th Add layer in layer order; found by position, not by name, because
+    Keras numbers unnamed layers per process ("add_12" for the second model built in a test session).
+    """
+    if block == LAST_BLOCK:
+        return base.output
+    adds = [layer for layer in base.layers if isinstance(layer, layers.Add)]
+    return adds[block - FIRST_RESIDUAL_BLOCK].output
+
+
+def build_extractor(image_size: int, weights: str, blocks: tuple[int, ...] = (LAST_BLOCK,)) -> keras.Model:
+    """float32 NHWC pixels 0-255 -> x/127.5 - 1 -> frozen Xception (inference mode) -> pooled features.
+
+    The features are the global average of each block output in ``blocks``, concatenated in block order.
+    """
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
     scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_xception")(inputs)
     source = keras_weights_arg(weights)
@@ -58,9 +76,23 @@ def build_extractor(image_size: int, weights: str) -> keras.Model:
         hint = " (no internet? pass --weights PATH to a local .weights.h5)" if source == "imagenet" else ""
         raise WeightsError(f"Could not load Xception weights {weights!r}{hint}: {exc}") from exc
     base.trainable = False
+    if tuple(blocks) != (LAST_BLOCK,):
+        # One nested model with one output per block: every output comes from the same forward pass.
+        base = keras.Model(base.input, [block_output(base, b) for b in blocks], name="xception_blocks")
+        base.trainable = False
     # training=False keeps BatchNormalization in inference mode even if the base is unfrozen later.
-    pooled = layers.GlobalAveragePooling2D(name="pool")(base(scaled, training=False))
-    return keras.Model(inputs, pooled, name="extractor")
+    maps = base(scaled, training=False)
+    maps = maps if isinstance(maps, list) else [maps]
+    pooled = [
+        layers.GlobalAveragePooling2D(name=f"pool_block{b}")(m) for b, m in zip(blocks, maps, strict=True)
+    ]
+    features = pooled[0] if len(pooled) == 1 else layers.Concatenate(name="features")(pooled)
+    return keras.Model(inputs, features, name="extractor")
+
+
+def features_dim(extractor: keras.Model) -> int:
+    """Length of one feature vector (2048 for block 14 alone, 3072 for blocks 13 and 14)."""
+    return int(extractor.output.shape[-1])
 
 
 def weights_identity(weights: str, seed: int) -> str:
@@ -117,10 +149,12 @@ class LiteRTExtractor:
             shape[0] = batch
             self.interpreter.resize_tensor_input(self.input["index"], shape)
         self.interpreter.allocate_tensors()
-        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        output = self.interpreter.get_output_details()[0]
+        self.output_index = output["index"]
+        self.dim = int(output["shape"][-1])
 
     def __call__(self, images: np.ndarray, desc: str = "features") -> np.ndarray:
-        out = np.empty((len(images), FEATURES_DIM), dtype=np.float32)
+        out = np.empty((len(images), self.dim), dtype=np.float32)
         with tqdm(total=len(images), desc=desc, unit="img") as bar:
             for start in range(0, len(images), self.batch):
                 chunk = images[start : start + self.batch].astype(np.float32)
@@ -136,7 +170,7 @@ class LiteRTExtractor:
 
 def extract_keras(extractor: keras.Model, images: np.ndarray, desc: str = "features") -> np.ndarray:
     """Features with Keras itself, in batches, with a tqdm bar."""
-    out = np.empty((len(images), FEATURES_DIM), dtype=np.float32)
+    out = np.empty((len(images), features_dim(extractor)), dtype=np.float32)
     with tqdm(total=len(images), desc=desc, unit="img") as bar:
         for start in range(0, len(images), KERAS_BATCH):
             chunk = images[start : start + KERAS_BATCH].astype(np.float32)
@@ -153,7 +187,7 @@ def extract(
     tflite_path: Path | None = None,
     desc: str = "features",
 ) -> np.ndarray:
-    """uint8 (N,H,W,3) -> float32 (N, 2048) with ``backend`` "keras" or "litert".
+    """uint8 (N,H,W,3) -> float32 (N, features_dim) with ``backend`` "keras" or "litert".
 
     For "litert" the extractor is exported to ``tflite_path`` first unless that file already exists.
     """

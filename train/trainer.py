@@ -28,10 +28,10 @@ from train.augment import make_view, view_rng
 from train.config import TrainConfig
 from train.data import DataError, Dataset, Skipped, discover, load_split
 from train.features import (
-    FEATURES_DIM,
     build_extractor,
     cache_key,
     extract,
+    features_dim,
     files_fingerprint,
     load_cached,
     save_cached,
@@ -50,7 +50,7 @@ SKIPPED_FILE = "skipped_images.json"
 
 @dataclass
 class SplitFeatures:
-    features: np.ndarray  # (N, 2048) float32 for the kept images (all views stacked for train)
+    features: np.ndarray  # (N, features_dim) float32 for the kept images (all views stacked for train)
     labels: np.ndarray  # (N,) int
     paths: list[Path]  # kept image files (one entry per row of view 0)
 
@@ -92,7 +92,13 @@ class FeatureStore:
         self.hits = 0
         self.misses = 0
         self.skipped: dict[str, list[Skipped]] = {}
-        base_key = cache_key(weights=self.weights_id, image_size=config.image_size, keras=keras.__version__)
+        self.dim = features_dim(extractor)
+        base_key = cache_key(
+            weights=self.weights_id,
+            image_size=config.image_size,
+            blocks=config.blocks,
+            keras=keras.__version__,
+        )
         self.tflite_path = self.cache_dir / f"extractor-{base_key}.tflite"
 
     def load_pixels(self, split: str) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
@@ -112,6 +118,7 @@ class FeatureStore:
         parts = {
             "weights": self.weights_id,
             "image_size": cfg.image_size,
+            "blocks": cfg.blocks,
             "backend": cfg.feature_backend,
             "files": files_fingerprint(self.dataset.splits[split].paths),
             "view": view,
@@ -121,10 +128,10 @@ class FeatureStore:
         return cache_key(**parts)
 
     def get(self, split: str, view: int) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
-        """(features (N, 2048), kept indices into the split's paths, skipped files) for one view."""
+        """(features (N, features_dim), kept indices into the split's paths, skipped files) for one view."""
         path = self.cache_dir / f"features-{split}-v{view}-{self._key(split, view)}.npz"
         cached = load_cached(path)
-        if cached is not None and cached["features"].shape[1:] == (FEATURES_DIM,):
+        if cached is not None and cached["features"].shape[1:] == (self.dim,):
             self.hits += 1
             print(f"features {split} view {view}: reused cache {path.name}")
             skipped = [Skipped(**s) for s in json.loads(str(cached["skipped"]))]
@@ -197,7 +204,14 @@ class KeepBest(keras.callbacks.Callback):
 def fit_head(
     config: TrainConfig, train: SplitFeatures, val: SplitFeatures, num_classes: int
 ) -> tuple[keras.Model, dict, KeepBest]:
-    head = build_head(FEATURES_DIM, num_classes, config.dense_units, config.dropout, seed=config.seed)
+    head = build_head(
+        train.features.shape[1],
+        num_classes,
+        config.dense_units,
+        config.dropout,
+        seed=config.seed,
+        standardize_on=train.features if config.standardize else None,
+    )
     if config.weight_decay > 0:
         optimizer = keras.optimizers.AdamW(
             learning_rate=config.learning_rate, weight_decay=config.weight_decay
@@ -278,7 +292,7 @@ def train(config: TrainConfig) -> TrainResult:
     counts = {name: len(split) for name, split in dataset.splits.items()}
     print(f"data: {len(dataset.class_names)} classes {dataset.class_names}; images {counts}")
 
-    extractor = build_extractor(config.image_size, config.weights)
+    extractor = build_extractor(config.image_size, config.weights, config.blocks)
     store = FeatureStore(config, dataset, extractor)
     train_f = store.split_features("train", config.train_views)
     val_f = store.split_features("validation", 1)  # serving sees one view, so validate on one

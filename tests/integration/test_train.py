@@ -119,6 +119,10 @@ def test_saved_model_is_self_contained(keras_run, data_dir):
     model = keras.saving.load_model(keras_run / "model.keras")
     assert model.input_shape == (None, SIZE, SIZE, 3) and model.output_shape == (None, 3)
     assert [layer.name for layer in model.layers][1] == "scale_to_xception"  # pixels 0-255 go in
+    # Default features: pooled blocks 11, 12 (728 channels each), 13 (1024) and 14 (2048), concatenated,
+    # then standardized inside the model (the served model needs no preprocessing beyond resizing).
+    assert model.get_layer("features").output.shape[-1] == 728 + 728 + 1024 + 2048
+    assert model.get_layer("standardize").mean.shape[-1] == 728 + 728 + 1024 + 2048
     # The standalone evaluator (full model on decoded pixels) reproduces the run's test metrics.
     assert evaluate.main([str(keras_run / "model.keras"), "--data-dir", str(data_dir)]) == 0
     alone = json.loads((keras_run / "evaluation-test" / "metrics.json").read_text())
@@ -159,6 +163,24 @@ def test_litert_backend_with_random_views(data_dir, tmp_path):
     # LiteRT features through the head agree with the saved Keras model on real pixels.
     assert result.assembly_max_abs_diff <= 1e-3
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == CLASSES
+
+
+def test_extractor_pools_the_named_blocks():
+    from train.features import build_extractor
+
+    both = build_extractor(SIZE, "none", (13, 14))
+    last = build_extractor(SIZE, "none", (14,))
+    last.set_weights(both.get_weights())  # same Xception weights: block 14 features must match exactly
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    features = np.asarray(both(pixels))
+    assert features.shape == (2, 1024 + 2048)
+    np.testing.assert_allclose(features[:, 1024:], np.asarray(last(pixels)), atol=1e-5)
+    # The first 1024 are block 13's output (the input of block 14), averaged over space.
+    xception = both.get_layer("xception_blocks")
+    block13 = keras.Model(xception.input, xception.get_layer("block14_sepconv1").input)
+    scaled = pixels / 127.5 - 1.0
+    expected = np.asarray(block13(scaled)).mean(axis=(1, 2))
+    np.testing.assert_allclose(features[:, :1024], expected, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from train import augment, evaluate
-from train.config import TrainConfig, field_help
+from train.config import TrainConfig, field_help, parse_blocks
 from train.data import DataError, discover, load_split
 
 
@@ -234,6 +234,18 @@ def test_every_config_field_has_help_and_validation():
         TrainConfig(image_size=32)
     with pytest.raises(ValueError, match="feature_backend"):
         TrainConfig(feature_backend="onnx")
+
+
+def test_pooled_blocks_parsed_sorted_and_checked():
+    assert parse_blocks("14,13") == (13, 14)
+    assert parse_blocks(" 14 ") == (14,)
+    assert parse_blocks("13,13,14") == (13, 14)
+    assert TrainConfig().blocks == (11, 12, 13, 14)  # the default recipe
+    for bad in ("", "1,14", "15", "13;14", "last"):
+        with pytest.raises(ValueError, match="pooled_blocks"):
+            parse_blocks(bad)
+    with pytest.raises(ValueError, match="pooled_blocks"):
+        TrainConfig(pooled_blocks="0")
 
 
 def test_pure_modules_do_not_import_tensorflow():
