@@ -31,7 +31,7 @@ class ValidationError(ConversionError):
         self.metric = metric
         self.value = value
         self.tolerance = tolerance
-        bound = "at most" if metric.startswith("max") else "at least"
+        bound = "at least" if metric in ("top1_agreement", "output_shape_match") else "at most"
         super().__init__(
             f"Validation of {variant} failed: {metric} = {value:.6g}, the tolerance is {bound} "
             f"{tolerance:.6g}."

@@ -61,6 +61,32 @@ class _Reader:
         return {self._input_name: np.asarray(batch, dtype=np.float32)}
 
 
+def pooling_and_head_nodes(model_path: str | Path) -> list[str]:
+    """Names of the global-average-pool nodes and every node downstream of them.
+
+    These stay float in the int8 model, as in TFLite int8 (see ``convert.tflite.INT8_DEFAULTS``): the
+    pooled features are standardized (divided by small per-channel spreads), so int8 steps there become
+    logit jumps.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found: dict[str, None] = {}
+    pending = [node for node in graph.node if node.op_type in ("GlobalAveragePool", "ReduceMean")]
+    while pending:
+        node = pending.pop()
+        if node.name in found:
+            continue
+        found[node.name] = None
+        for output in node.output:
+            pending.extend(consumers.get(output, []))
+    return list(found)
+
+
 def to_onnx_int8(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -85,6 +111,7 @@ def to_onnx_int8(
         prepared = Path(tmp) / "prepared.onnx"
         # Folds constants and fuses BN/Conv before calibration; symbolic shapes would need sympy.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        float_nodes = pooling_and_head_nodes(prepared)
         quantize_static(
             str(prepared),
             str(out_path),
@@ -98,6 +125,7 @@ def to_onnx_int8(
             # the rarest outlier image sets each range (on Xception's residual stream 3x wider than
             # typical), the same failure found for TFLite int8 (int8_findings.md).
             # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops each full chunk unmerged.)
+            nodes_to_exclude=float_nodes,
             extra_options={
                 "CalibMovingAverage": MOVING_AVERAGE,
                 "CalibMovingAverageConstant": AVERAGING_CONSTANT,

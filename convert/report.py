@@ -32,6 +32,7 @@ COLUMNS = (
     ("accuracy", "accuracy (%)", "{:.2f}"),
     ("top1_agreement", "top-1 agreement", "{:.4f}"),
     ("max_abs_diff", "max Δp", "{:.2g}"),
+    ("mean_abs_diff", "mean Δp", "{:.2g}"),
     ("load_ms", "load (ms)", "{:.0f}"),
     ("latency_p50_ms", "latency p50 (ms)", "{:.2f}"),
     ("passed", "validation", "{}"),
@@ -66,6 +67,7 @@ def variant_row(variant: str, path: str | Path, validation: dict | None, bench: 
         "accuracy": None if accuracy is None else 100.0 * accuracy,
         "top1_agreement": validation.get("top1_agreement"),
         "max_abs_diff": validation.get("max_abs_diff"),
+        "mean_abs_diff": validation.get("mean_abs_diff"),
         "passed": validation.get("passed"),
         **(bench or {}),
     }
@@ -80,6 +82,7 @@ def keras_row(model_path: str | Path, accuracy: float | None) -> dict:
         "accuracy": None if accuracy is None else 100.0 * accuracy,
         "top1_agreement": 1.0,
         "max_abs_diff": 0.0,
+        "mean_abs_diff": 0.0,
     }
 
 

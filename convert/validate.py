@@ -1,13 +1,13 @@
 """Compare an exported variant with the Keras model and enforce a named tolerance per variant.
 
 Metrics are on softmax probabilities (what the client sees): ``max_abs_diff`` is the largest
-|p_variant - p_keras| over all images and classes, ``top1_agreement`` the share of images whose
-arg-max class is the same.
+|p_variant - p_keras| over all images and classes, ``mean_abs_diff`` its mean, ``top1_agreement`` the
+share of images whose arg-max class is the same.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -15,21 +15,23 @@ from convert.errors import UnknownVariantError, ValidationError
 from convert.runners import Runner, predict_all
 from lambda_function.classifier import softmax
 
-# Why these numbers (measured on the real Xception, 341 validation images; see int8_findings.md):
+# Why these numbers (measured on the real Xception, 341 validation / 372 test images; see INT8.md):
 # - fp32: the same float graph on another runtime, only summation order differs (TFLite fp32 measured
 #   max diff 6e-6), so anything near 1e-4 or any flipped top-1 is a conversion bug.
 # - float16: weights rounded to 11 significant bits; probabilities move by ~1e-3, a near-tie may flip.
-# - dynamic / int8: a confident image barely moves, but an ambiguous one can swing a lot: naive int8
-#   moved one validation image by 0.62 while agreeing with Keras on 98.5% of images (dynamic on a
-#   stand-in model: 0.10 / 98.5%). So the diff bound only catches broken models (a broken int8
-#   calibration gave 0.996 / 12%) and the real guard is top-1 agreement.
+# - dynamic / int8: a confident image barely moves, but an ambiguous one can swing all the way: the
+#   blocks 11-14 model's int8 variants agree with Keras on 97.8% (TFLite) and 96.2% (ONNX) of test
+#   images with accuracy within 0.55 points, yet one image each moved by 0.83 and 0.99. A worst-case
+#   bound cannot tell that from a broken model (a broken int8 calibration gave 0.996 / 12% agreement),
+#   so quantized variants are bounded on the MEAN |diff| (a few swung images: ~0.01; broken: ~0.1+)
+#   and on top-1 agreement; the worst case is still measured and reported.
 TOLERANCES: dict[str, dict[str, float]] = {
     "tflite-fp32": {"max_abs_diff": 1e-4, "min_top1_agreement": 1.0},
     "onnx-fp32": {"max_abs_diff": 1e-4, "min_top1_agreement": 1.0},
     "tflite-float16": {"max_abs_diff": 0.02, "min_top1_agreement": 0.98},
-    "tflite-dynamic": {"max_abs_diff": 0.75, "min_top1_agreement": 0.96},
-    "tflite-int8": {"max_abs_diff": 0.75, "min_top1_agreement": 0.96},
-    "onnx-int8": {"max_abs_diff": 0.75, "min_top1_agreement": 0.96},
+    "tflite-dynamic": {"max_mean_abs_diff": 0.02, "min_top1_agreement": 0.96},
+    "tflite-int8": {"max_mean_abs_diff": 0.02, "min_top1_agreement": 0.96},
+    "onnx-int8": {"max_mean_abs_diff": 0.02, "min_top1_agreement": 0.96},
 }
 
 
@@ -71,30 +73,37 @@ def compare(
     accuracy = None
     if targets is not None and len(targets) and (targets >= 0).all():
         accuracy = float(np.mean(probs.argmax(-1) == targets))
-    max_diff = float(diff.max()) if diff.size else 0.0
-    passed = max_diff <= tolerance["max_abs_diff"] and agree >= tolerance["min_top1_agreement"]
-    return ValidationResult(
+    result = ValidationResult(
         variant=variant,
         images=int(len(probs)),
-        max_abs_diff=max_diff,
+        max_abs_diff=float(diff.max()) if diff.size else 0.0,
         mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
         top1_agreement=agree,
         max_prob_sum_error=float(np.abs(probs.sum(-1) - 1.0).max()) if len(probs) else 0.0,
         accuracy=accuracy,
         tolerance=tolerance,
-        passed=passed,
+        passed=False,
     )
+    return replace(result, passed=first_violation(result) is None)
+
+
+def first_violation(result: ValidationResult) -> tuple[str, float, float] | None:
+    """(metric, value, limit) of the first tolerance the result breaks, or None."""
+    tol = result.tolerance
+    if "max_abs_diff" in tol and result.max_abs_diff > tol["max_abs_diff"]:
+        return "max_abs_diff", result.max_abs_diff, tol["max_abs_diff"]
+    if "max_mean_abs_diff" in tol and result.mean_abs_diff > tol["max_mean_abs_diff"]:
+        return "mean_abs_diff", result.mean_abs_diff, tol["max_mean_abs_diff"]
+    if result.top1_agreement < tol["min_top1_agreement"]:
+        return "top1_agreement", result.top1_agreement, tol["min_top1_agreement"]
+    return None
 
 
 def check(result: ValidationResult) -> ValidationResult:
     """Raise ValidationError naming the first metric that is out of tolerance."""
-    tol = result.tolerance
-    if result.max_abs_diff > tol["max_abs_diff"]:
-        raise ValidationError(result.variant, "max_abs_diff", result.max_abs_diff, tol["max_abs_diff"])
-    if result.top1_agreement < tol["min_top1_agreement"]:
-        raise ValidationError(
-            result.variant, "top1_agreement", result.top1_agreement, tol["min_top1_agreement"]
-        )
+    violation = first_violation(result)
+    if violation is not None:
+        raise ValidationError(result.variant, *violation)
     return result
 
 

@@ -76,8 +76,32 @@ def test_unknown_variant_has_no_tolerance():
 
 def test_tolerances_tighten_with_precision():
     assert TOLERANCES["tflite-fp32"]["max_abs_diff"] < TOLERANCES["tflite-float16"]["max_abs_diff"]
-    assert TOLERANCES["tflite-float16"]["max_abs_diff"] < TOLERANCES["tflite-int8"]["max_abs_diff"]
     assert TOLERANCES["tflite-fp32"]["min_top1_agreement"] == 1.0
+    for quantized in ("tflite-dynamic", "tflite-int8", "onnx-int8"):
+        assert "max_abs_diff" not in TOLERANCES[quantized]  # bounded on the mean instead
+        assert TOLERANCES[quantized]["min_top1_agreement"] >= 0.96
+
+
+def _swung(rows: int, flipped: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keras probabilities (confident class 0) and a variant that swings ``flipped`` images to class 1."""
+    keras_probs = np.tile([0.91] + [0.01] * 9, (rows, 1))
+    variant = keras_probs.copy()
+    variant[:flipped, :2] = [0.05, 0.87]
+    return variant, keras_probs
+
+
+def test_quantized_variant_tolerates_a_few_swung_images_but_not_a_broken_model():
+    variant, keras_probs = _swung(rows=100, flipped=2)  # 98% agreement, worst image moved by 0.86
+    result = compare("tflite-int8", variant, keras_probs)
+    assert result.max_abs_diff == pytest.approx(0.86) and result.passed
+    assert check(result) is result
+    broken, keras_probs = _swung(rows=100, flipped=30)  # mean |diff| 0.052, agreement 70%
+    result = compare(
+        "tflite-int8", broken, keras_probs, tolerance={"max_mean_abs_diff": 0.02, "min_top1_agreement": 0.0}
+    )
+    assert not result.passed
+    with pytest.raises(ValidationError, match="mean_abs_diff = 0.0516, the tolerance is at most 0.02"):
+        check(result)
 
 
 ROWS = [
