@@ -3,9 +3,10 @@
 Training only fits the small head, so the expensive base runs once and its pooled features are cached;
 each epoch then takes seconds instead of the seed recipe's ~17 minutes on 2 CPU cores.
 
-The features are the global average of one or more Xception block outputs, concatenated: by default the
-last block (14, 2048 channels) and the one before it (13, 1024 channels). Both come out of the same
-forward pass, so the extra block costs no extraction time; see ``train/config.py`` for the measurement.
+The features are the global average of one or more Xception block outputs, concatenated: by default
+blocks 11-14 (728 + 728 + 1024 + 2048 channels; ``TrainConfig.pooled_blocks``). They all come out of
+the same forward pass, so the extra blocks cost no extraction time; see ``train/config.py`` for the
+measurement that chose them.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def build_extractor(image_size: int, weights: str, blocks: tuple[int, ...] = (LA
 
 
 def features_dim(extractor: keras.Model) -> int:
-    """Length of one feature vector (2048 for block 14 alone, 3072 for blocks 13 and 14)."""
+    """Length of one feature vector (2048 for block 14 alone, 4528 for blocks 11-14)."""
     return int(extractor.output.shape[-1])
 
 

@@ -165,6 +165,35 @@ def test_litert_backend_with_random_views(data_dir, tmp_path):
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == CLASSES
 
 
+def test_choose_blocks_cross_validates_suffixes_without_the_test_split(data_dir, tmp_path, capsys):
+    from train import choose_blocks
+
+    argv = [
+        "--data-dir", str(data_dir), "--weights", "none", "--image-size", str(SIZE),
+        "--output-dir", str(tmp_path), "--max-unreadable-fraction", "0.1",
+        "--candidates", "12,13,14", "--folds", "3", "--epochs", "1",
+    ]  # fmt: skip
+    assert choose_blocks.main(argv) == 0
+    record = json.loads((tmp_path / choose_blocks.RESULTS_FILE).read_text())
+    assert [row["blocks"] for row in record["rows"]] == [[14], [13, 14], [12, 13, 14]]
+    assert [row["features"] for row in record["rows"]] == [2048, 1024 + 2048, 728 + 1024 + 2048]
+    assert all(len(row["folds"]) == 3 and 0.0 <= row["mean"] <= 1.0 for row in record["rows"])
+    assert not list((tmp_path / "cache").glob("features-test-*"))  # the test split is never extracted
+    assert choose_blocks.main([*argv[:-4], "--folds", "1"]) == 2
+    assert "folds must be at least 2" in capsys.readouterr().err
+
+
+def test_stratified_folds_partition_every_class():
+    from train.choose_blocks import block_columns, stratified_folds
+
+    labels = np.array([0] * 6 + [1] * 4 + [2] * 5)
+    folds = stratified_folds(labels, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(labels)))
+    assert all(set(labels[f]) == {0, 1, 2} for f in folds)
+    widths = {12: 2, 13: 3, 14: 4}
+    assert block_columns(widths, (13, 14)).tolist() == [2, 3, 4, 5, 6, 7, 8]
+
+
 def test_extractor_pools_the_named_blocks():
     from train.features import build_extractor
 
