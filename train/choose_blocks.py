@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.config import LAST_BLOCK, TrainConfig, parse_blocks
+from train.config import LAST_BLOCK, TrainConfig
 
 FOLDS = 5
 EPOCHS = 30  # fixed: no fold may pick its own best epoch on the data it is scored on
@@ -51,26 +51,15 @@ def cross_validate(
 ) -> list[float]:
     import keras
 
-    from train.model import build_head
-    from train.trainer import set_seeds
+    from train.trainer import compiled_head, set_seeds
 
     scores = []
     for held_out in stratified_folds(labels, folds, config.seed):
         fit = np.setdiff1d(np.arange(len(labels)), held_out)
         set_seeds(config.seed)
-        head = build_head(
-            features.shape[1],
-            num_classes,
-            config.dense_units,
-            config.dropout,
-            seed=config.seed,
-            standardize_on=features[fit] if config.standardize else None,
-        )
-        head.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        head.fit(features[fit], labels[fit], batch_size=config.batch_size, epochs=epochs, verbose=0)
+        head = compiled_head(config, features[fit], num_classes)
+        targets = keras.utils.to_categorical(labels[fit], num_classes)
+        head.fit(features[fit], targets, batch_size=config.batch_size, epochs=epochs, verbose=0)
         predicted = np.asarray(head.predict(features[held_out], verbose=0)).argmax(-1)
         scores.append(float(np.mean(predicted == labels[held_out])))
     return scores
@@ -128,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        parse_blocks(args.candidates)
         config = TrainConfig(
             data_dir=args.data_dir,
             output_dir=args.output_dir,

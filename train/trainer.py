@@ -201,16 +201,18 @@ class KeepBest(keras.callbacks.Callback):
             self.best_weights = self.model.get_weights()
 
 
-def fit_head(
-    config: TrainConfig, train: SplitFeatures, val: SplitFeatures, num_classes: int
-) -> tuple[keras.Model, dict, KeepBest]:
+def compiled_head(config: TrainConfig, features: np.ndarray, num_classes: int) -> keras.Model:
+    """The configured head, standardized on ``features`` (the rows it will train on), compiled.
+
+    Shared by training and ``train.choose_blocks`` so cross-validation scores the head that trains.
+    """
     head = build_head(
-        train.features.shape[1],
+        features.shape[1],
         num_classes,
         config.dense_units,
         config.dropout,
         seed=config.seed,
-        standardize_on=train.features if config.standardize else None,
+        standardize_on=features if config.standardize else None,
     )
     if config.weight_decay > 0:
         optimizer = keras.optimizers.AdamW(
@@ -223,6 +225,13 @@ def fit_head(
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
+    return head
+
+
+def fit_head(
+    config: TrainConfig, train: SplitFeatures, val: SplitFeatures, num_classes: int
+) -> tuple[keras.Model, dict, KeepBest]:
+    head = compiled_head(config, train.features, num_classes)
     keep = KeepBest()
     history = head.fit(
         train.features,
