@@ -13,6 +13,7 @@ from pathlib import Path
 from convert.errors import SidecarError
 from convert.variants import VARIANTS, check_variant
 from lambda_function.classifier import file_sha256 as sha256_file  # one hashing helper for every package
+from lambda_function.jsonfile import JSONFileError, labels_problem, read_json_object
 
 SCHEMA_VERSION = 1
 PREPROCESSING = {
@@ -86,26 +87,17 @@ def read_sidecar(path: str | Path) -> dict:
     path = Path(path)
     if path.suffix != ".json":
         path = sidecar_path(path)
-    if not path.is_file():
-        raise SidecarError(f"Metadata sidecar not found: {path}")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SidecarError(f"Metadata sidecar {path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise SidecarError(f"Metadata sidecar {path} is not a JSON object.")
-    missing = [key for key in REQUIRED_KEYS if key not in meta]
-    if missing:
-        raise SidecarError(f"Metadata sidecar {path} lacks: {', '.join(missing)}.")
+        meta = read_json_object(path, "Metadata sidecar", required=REQUIRED_KEYS)
+    except JSONFileError as exc:
+        raise SidecarError(str(exc)) from None
     if meta["schema_version"] != SCHEMA_VERSION:
         raise SidecarError(f"Metadata sidecar {path} has schema_version {meta['schema_version']!r}.")
     if meta["format"] not in VARIANTS or meta["variant"] not in VARIANTS[meta["format"]]:
         raise SidecarError(f"Metadata sidecar {path} names an unknown variant.")
-    labels = meta["labels"]
-    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
-        raise SidecarError(f"Metadata sidecar {path}: labels must be a non-empty list of strings.")
-    if len(set(labels)) != len(labels):
-        raise SidecarError(f"Metadata sidecar {path}: labels are not unique.")
+    problem = labels_problem(meta["labels"])
+    if problem:
+        raise SidecarError(f"Metadata sidecar {path}: {problem}.")
     inp = meta["input"]
     if not isinstance(inp, dict) or not all(
         isinstance(inp.get(k), int) and inp[k] > 0 for k in ("height", "width", "channels")

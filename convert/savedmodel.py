@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from convert.errors import ModelLoadError
+from lambda_function.jsonfile import JSONFileError, labels_problem, read_json
 
 # Keras on the real Xception runs ~3 images/s on 2 cores; small batches keep memory flat.
 PREDICT_BATCH = 16
@@ -53,17 +53,13 @@ def num_outputs(model) -> int:
 
 def load_labels(path: str | Path, expected: int | None = None) -> list[str]:
     """Read labels.json (a JSON list of class names in output order)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"Labels file not found: {path} (pass --labels PATH).")
     try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
-    if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
-        raise ModelLoadError(f"{path} must hold a non-empty JSON list of class names.")
-    if len(set(labels)) != len(labels):
-        raise ModelLoadError(f"{path} lists a class name twice.")
+        labels = read_json(path, "Labels file")
+    except JSONFileError as exc:
+        raise ModelLoadError(f"{exc} (pass --labels PATH).") from None
+    problem = labels_problem(labels)
+    if problem:
+        raise ModelLoadError(f"{path}: {problem}.")
     if expected is not None and len(labels) != expected:
         raise ModelLoadError(f"{path} has {len(labels)} labels but the model has {expected} outputs.")
     return labels

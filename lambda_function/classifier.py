@@ -9,7 +9,6 @@ An interpreter is not thread-safe: use one Classifier per thread (Lambda runs on
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.errors import ServingError
+from lambda_function.jsonfile import JSONFileError, labels_problem, read_json_object
 
 # The model bundled with the function; env MODEL_PATH overrides it (read by the handler and the CLI).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model" / "model.tflite"
@@ -68,28 +68,16 @@ def read_sidecar(model_path: str | Path) -> dict:
     """The metadata JSON next to the model (same stem, ``.json``), validated enough to serve with."""
     path = Path(model_path).with_suffix(".json")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _model_error(f"The model metadata file {path} does not exist.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _model_error(f"The model metadata file {path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise _model_error(f"The model metadata file {path} must hold a JSON object.")
-    missing = [key for key in REQUIRED_SIDECAR_KEYS if key not in meta]
-    if missing:
-        raise _model_error(f"The model metadata file {path} lacks the keys {missing}.")
+        meta = read_json_object(path, "The model metadata file", required=REQUIRED_SIDECAR_KEYS)
+    except JSONFileError as exc:
+        raise _model_error(str(exc)) from None
     if meta["schema_version"] not in SUPPORTED_SCHEMA_VERSIONS:
         raise _model_error(f"{path}: schema_version {meta['schema_version']!r} is not supported.")
     if meta["format"] != "tflite":
         raise _model_error(f"{path}: format is {meta['format']!r}; this runtime serves tflite only.")
-    labels = meta["labels"]
-    if (
-        not isinstance(labels, list)
-        or len(labels) < 1
-        or not all(isinstance(label, str) and label for label in labels)
-        or len(set(labels)) != len(labels)
-    ):
-        raise _model_error(f"{path}: labels must be a non-empty list of distinct strings.")
+    problem = labels_problem(meta["labels"])
+    if problem:
+        raise _model_error(f"{path}: {problem}.")
     if meta["output"] not in ("logits", "probabilities"):
         raise _model_error(f"{path}: output must be 'logits' or 'probabilities', not {meta['output']!r}.")
     if not isinstance(meta["input"], dict):
