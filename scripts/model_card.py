@@ -49,13 +49,32 @@ def measure(model_path: Path, data_dir: Path) -> dict:
     return metrics
 
 
+def quantization_text(quant: dict) -> str:
+    """One sentence from the sidecar's quantization record; dynamic-range models have no calibration."""
+    if not quant.get("method"):
+        return "none (float weights and activations)"
+    parts = [
+        quant["method"],
+        f"weights {quant.get('weights')}",
+        f"activations {quant.get('activations')}",
+        "float32 input/output",
+    ]
+    if quant.get("calibration_images"):
+        parts.append(
+            f"{quant['calibration_images']} calibration images from {quant.get('calibration_split')}"
+            f" (ranges: {quant.get('activation_ranges')})"
+        )
+    if quant.get("kept_float_ops"):
+        parts.append(f"kept in float: {', '.join(quant['kept_float_ops'])}")
+    return ", ".join(parts)
+
+
 def render(model_path: Path, data_dir: Path, metrics: dict) -> str:
     meta = json.loads(model_path.with_suffix(".json").read_text())
     rows = "\n".join(
         f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
         for name, m in metrics["per_class"].items()
     )
-    quant = meta["quantization"]
     return f"""# Model card: clothing classifier ({meta["variant"]} TFLite)
 
 - **Task**: classify a photo of one garment into 10 classes: {", ".join(meta["labels"])}.
@@ -68,10 +87,7 @@ def render(model_path: Path, data_dir: Path, metrics: dict) -> str:
   cross-validation on train + validation); the test split is used for reporting only.
 - **Made by**: `make train` then `make convert` (README, "The workflow"); source `{meta["source"]["model"]}`
   sha256 `{meta["source"]["sha256"][:16]}…`.
-- **Quantization**: {quant.get("method")}, weights {quant.get("weights")}, activations
-  {quant.get("activations")}, float32 input/output, ranges: {quant.get("activation_ranges")},
-  {quant.get("calibration_images")} calibration images from {quant.get("calibration_split")}, kept in float:
-  {", ".join(quant.get("kept_float_ops", [])) or "nothing"}.
+- **Quantization**: {quantization_text(meta.get("quantization") or {})}.
 - **File**: `model.tflite`, {model_path.stat().st_size / 1e6:.1f} MB, sha256 `{meta["sha256"]}`.
 
 ## Measured on the test split ({metrics["num_images"]} images), {datetime.now(UTC):%Y-%m-%d}

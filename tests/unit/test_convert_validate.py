@@ -79,7 +79,7 @@ def test_tolerances_tighten_with_precision():
     assert TOLERANCES["tflite-fp32"]["min_top1_agreement"] == 1.0
     for quantized in ("tflite-dynamic", "tflite-int8", "onnx-int8"):
         assert "max_abs_diff" not in TOLERANCES[quantized]  # bounded on the mean instead
-        assert TOLERANCES[quantized]["min_top1_agreement"] >= 0.96
+        assert TOLERANCES[quantized]["min_top1_agreement"] >= 0.95
 
 
 def _swung(rows: int, flipped: int) -> tuple[np.ndarray, np.ndarray]:
