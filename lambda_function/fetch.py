@@ -125,7 +125,11 @@ def fetch(
     if scheme not in HTTP_SCHEMES:
         raise _scheme_error(scheme)
     if allowed_hosts is None:
-        allowed = allowed_hosts_from_env()
+        try:
+            allowed = allowed_hosts_from_env()
+        except ValueError as exc:
+            # The operator's mistake, not the caller's: name the setting instead of a bare internal_error.
+            raise ServingError(500, "misconfigured", f"The function is misconfigured: {exc}.") from None
     else:
         allowed = frozenset(_parse_host_port(entry) for entry in allowed_hosts)
     return _fetch_http(text, limits, allowed, resolver, deadline)

@@ -377,6 +377,17 @@ def test_allowed_hosts_entry_without_a_port_is_a_config_error(raw):
         allowed_hosts_from_env({"FETCH_ALLOWED_HOSTS": raw})
 
 
+def test_bad_allowed_hosts_setting_is_a_named_500_not_a_crash(server, monkeypatch):
+    server.routes["/img"] = reply()
+    monkeypatch.setenv("FETCH_ALLOWED_HOSTS", "127.0.0.1")  # no port
+    with pytest.raises(ServingError) as info:
+        fetch(server.url("/img"), LIMITS, resolver=numeric_only)
+    assert (info.value.status, info.value.code) == (500, "misconfigured")
+    assert "FETCH_ALLOWED_HOSTS" in info.value.message
+    monkeypatch.setenv("FETCH_ALLOWED_HOSTS", f"127.0.0.1:{server.port}")
+    assert fetch(server.url("/img"), LIMITS, resolver=numeric_only) == PNG
+
+
 def test_lambda_runtime_api_is_refused_even_when_allowed(server, monkeypatch):
     server.routes["/2018-06-01/runtime/invocation/next"] = reply()
     monkeypatch.setenv("AWS_LAMBDA_RUNTIME_API", f"127.0.0.1:{server.port}")
