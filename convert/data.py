@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from convert.errors import DataError
 from lambda_function.errors import ServingError
-from lambda_function.preprocess import load_image_file
+from lambda_function.preprocess import DEFAULT_RESIZE, load_image_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 CALIBRATION_SPLIT = "train"
@@ -27,6 +27,7 @@ class ImageSet:
     pixels: np.ndarray  # uint8 (N, H, W, 3)
     targets: np.ndarray  # int64 (N,), index into labels; -1 when unknown
     paths: list[str]
+    resize: str = DEFAULT_RESIZE  # how the photos were made square (lambda_function.preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -37,6 +38,8 @@ class ImageSet:
         for path in self.paths:
             digest.update(path.encode() + b"\0")
         digest.update(str(self.pixels.shape).encode())
+        if self.resize != DEFAULT_RESIZE:  # only then, so caches from before resize modes stay valid
+            digest.update(self.resize.encode())
         return digest.hexdigest()
 
 
@@ -88,22 +91,29 @@ def stratified_sample(
     return sorted(picked, key=lambda item: (item[1], str(item[0])))
 
 
-def load_images(items: list[tuple[Path, int]], size: tuple[int, int], desc: str = "images") -> ImageSet:
+def load_images(
+    items: list[tuple[Path, int]], size: tuple[int, int], desc: str = "images", resize: str = DEFAULT_RESIZE
+) -> ImageSet:
     pixels = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
         try:
-            pixels[i] = load_image_file(path, size)
+            pixels[i] = load_image_file(path, size, resize)
         except ServingError as exc:
             raise DataError(f"Cannot read {path}: {exc.message}") from None
     targets = np.array([cls for _, cls in items], dtype=np.int64)
-    return ImageSet(pixels, targets, [str(path) for path, _ in items])
+    return ImageSet(pixels, targets, [str(path) for path, _ in items], resize)
 
 
 def load_split(
-    data_dir: str | Path, split: str, labels: list[str], size: tuple[int, int], limit: int | None = None
+    data_dir: str | Path,
+    split: str,
+    labels: list[str],
+    size: tuple[int, int],
+    limit: int | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> ImageSet:
     items = stratified_sample(list_split(data_dir, split, labels), limit)
-    return load_images(items, size, desc=f"{split} images")
+    return load_images(items, size, desc=f"{split} images", resize=resize)
 
 
 def synthetic_images(n: int, size: tuple[int, int], seed: int = SEED) -> ImageSet:

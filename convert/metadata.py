@@ -14,6 +14,7 @@ from convert.errors import SidecarError
 from convert.variants import VARIANTS, check_variant
 from lambda_function.classifier import file_sha256 as sha256_file  # one hashing helper for every package
 from lambda_function.jsonfile import JSONFileError, labels_problem, read_json_object
+from lambda_function.preprocess import DEFAULT_RESIZE, check_resize_mode
 
 SCHEMA_VERSION = 1
 PREPROCESSING = {
@@ -51,9 +52,15 @@ def write_sidecar(
     source_path: str | Path,
     quantization: dict,
     validation: dict | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> Path:
-    """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path."""
+    """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path.
+
+    ``input.resize`` names the resize mode the model was trained with (lambda_function.preprocess);
+    the runtime serves a sidecar without it as "squash", the only mode before the key existed.
+    """
     check_variant(format, variant)
+    check_resize_mode(resize)
     height, width = (int(v) for v in input_hw)
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -67,6 +74,7 @@ def write_sidecar(
             "layout": "NHWC",
             "dtype": "float32",
             "range": list(INPUT_RANGE),
+            "resize": resize,
         },
         "output": "logits",
         "preprocessing": dict(PREPROCESSING),
@@ -103,6 +111,10 @@ def read_sidecar(path: str | Path) -> dict:
         isinstance(inp.get(k), int) and inp[k] > 0 for k in ("height", "width", "channels")
     ):
         raise SidecarError(f"Metadata sidecar {path}: input height/width/channels must be positive ints.")
+    try:
+        check_resize_mode(inp.get("resize", DEFAULT_RESIZE))
+    except ValueError as exc:
+        raise SidecarError(f"Metadata sidecar {path}: input {exc}.") from None
     return meta
 
 

@@ -21,6 +21,7 @@ from convert.savedmodel import (
     input_hw,
     load_keras_model,
     load_labels,
+    load_resize,
     num_outputs,
 )
 from convert.tflite import to_tflite
@@ -92,11 +93,12 @@ def run(
         )
     labels = load_labels(options.labels_path or model_path.parent / "labels.json", num_outputs(model))
     size = input_hw(model)
+    resize = load_resize(model_path)  # calibrate, validate and serve on the pixels it trained on
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if datamod.has_split(options.data_dir, options.eval_split):
         images = datamod.load_split(
-            options.data_dir, options.eval_split, labels, size, options.validation_images
+            options.data_dir, options.eval_split, labels, size, options.validation_images, resize
         )
     else:
         images = datamod.synthetic_images(options.validation_images or SYNTHETIC_IMAGES, size)
@@ -107,7 +109,7 @@ def run(
     representative = None
     if needs_calibration:
         calibration = datamod.load_split(
-            options.data_dir, datamod.CALIBRATION_SPLIT, labels, size, options.calibration_images
+            options.data_dir, datamod.CALIBRATION_SPLIT, labels, size, options.calibration_images, resize
         )
         representative = datamod.calibration_batches(calibration, flips=options.calibration_flips)
         calibration_info = {
@@ -144,7 +146,9 @@ def run(
                 vid, runner, keras_probs, images.pixels, targets, tolerance, raise_on_failure=False
             )
             del runner
-            write_sidecar(path, fmt, variant, labels, size, model_path, quantization, result.to_dict())
+            write_sidecar(
+                path, fmt, variant, labels, size, model_path, quantization, result.to_dict(), resize=resize
+            )
             bench = reportmod.benchmark(path, images.pixels[0], runs=options.latency_runs)
             rows.append(reportmod.variant_row(vid, path, result.to_dict(), bench))
             models[vid] = path

@@ -34,10 +34,10 @@ def measure(model_path: Path, data_dir: Path) -> dict:
     split = discover(data_dir).splits["test"]
     logits = []
     for path in split.paths:
-        probs = classifier.predict(load_image_file(path, classifier.input_size))
+        probs = classifier.predict(load_image_file(path, classifier.input_size, classifier.resize))
         logits.append(np.log(np.clip(probs, 1e-12, None)))  # softmax(log p) == p
     metrics = compute_metrics(np.array(logits), split.labels, classifier.labels)
-    pixels = load_image_file(split.paths[0], classifier.input_size)
+    pixels = load_image_file(split.paths[0], classifier.input_size, classifier.resize)
     for _ in range(3):
         classifier.predict(pixels)
     times = []

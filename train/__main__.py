@@ -7,6 +7,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from lambda_function.preprocess import RESIZE_MODES
 from train.config import TrainConfig, field_help
 
 # How each annotation (a string, under ``from __future__ import annotations``) is parsed from the CLI.
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = _PARSERS[f.type]
         if f.name == "feature_backend":
             kwargs["choices"] = ("litert", "keras")
+        if f.name == "resize":
+            kwargs["choices"] = RESIZE_MODES
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
     return parser
 

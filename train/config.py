@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lambda_function.preprocess import DEFAULT_RESIZE, check_resize_mode
 from train.augment import SHEAR_DEG, ZOOM
 from train.data import MAX_UNREADABLE_FRACTION
 
@@ -55,6 +56,8 @@ class TrainConfig:
     output_dir: Path = Path("artifacts/train")  # where model.keras, labels.json, metrics.json and PNGs go
     weights: str = "imagenet"  # "imagenet" (Keras download), a local .weights.h5 path, or "none"
     image_size: int = 352  # square input side in pixels (Xception was trained at 299; needs >= 71)
+    resize: str = DEFAULT_RESIZE  # how photos become squares: squash, letterbox (grey pad) or crop (centre)
+    extra_dir: Path | None = None  # more LABEL/IMAGE photos to train on (e.g. clothing-dataset-extra)
     pooled_blocks: str = "11,12,13,14"  # Xception blocks (2-14) whose pooled outputs are concatenated
     standardize: bool = True  # scale each feature to zero mean, unit variance (inside the head)
     train_views: int = 1  # views per training image: 0 = image, 1 = h-flip, 2.. = random shear/zoom/flip
@@ -74,6 +77,10 @@ class TrainConfig:
     zoom: float = ZOOM  # max zoom in/out of random views (the seed's zoom_range=0.1)
     max_unreadable_fraction: float = MAX_UNREADABLE_FRACTION  # stop above this unreadable share of a split
     check_images: int = 8  # test images used to prove full model == head(features)
+    fine_tune: bool = False  # after the head: train the exit flow too (slow on CPU; accuracy unmeasured)
+    fine_tune_blocks: str = "13,14"  # Xception blocks unfrozen by --fine-tune (BatchNorm stays frozen)
+    fine_tune_epochs: int = 3  # epochs of fine-tuning on pixels (each runs the whole base)
+    fine_tune_learning_rate: float = 1e-5  # low, so the ImageNet features are adjusted, not erased
 
     # Not a hyper-parameter: filled in by __post_init__ so the rest of the code never re-derives it.
     resolved_cache_dir: Path = field(init=False, repr=False)
@@ -96,6 +103,12 @@ class TrainConfig:
         if self.limit_per_class is not None and self.limit_per_class < 1:
             raise ValueError(f"limit_per_class must be at least 1, got {self.limit_per_class}")
         parse_blocks(self.pooled_blocks)  # fail at startup, not after minutes of feature extraction
+        check_resize_mode(self.resize)
+        self.extra_dir = Path(self.extra_dir) if self.extra_dir is not None else None
+        if self.fine_tune:
+            parse_blocks(self.fine_tune_blocks)
+            if self.fine_tune_epochs < 1:
+                raise ValueError(f"fine_tune_epochs must be at least 1, got {self.fine_tune_epochs}")
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
         self.resolved_cache_dir = self.cache_dir or self.output_dir / "cache"
 

@@ -23,10 +23,11 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from lambda_function.preprocess import DEFAULT_RESIZE
 from train import evaluate
 from train.augment import make_view, view_rng
 from train.config import TrainConfig
-from train.data import DataError, Dataset, Skipped, discover, load_split
+from train.data import DataError, Dataset, Skipped, discover, discover_folder, load_split
 from train.features import (
     build_extractor,
     cache_key,
@@ -46,6 +47,8 @@ LABELS_FILE = "labels.json"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 SKIPPED_FILE = "skipped_images.json"
+# The split name under which --extra-dir photos join the training data (and its feature cache files).
+EXTRA_SPLIT = "extra"
 
 
 @dataclass
@@ -53,6 +56,15 @@ class SplitFeatures:
     features: np.ndarray  # (N, features_dim) float32 for the kept images (all views stacked for train)
     labels: np.ndarray  # (N,) int
     paths: list[Path]  # kept image files (one entry per row of view 0)
+
+
+def concat_features(first: SplitFeatures, second: SplitFeatures) -> SplitFeatures:
+    """Rows of ``first`` then ``second`` (e.g. train then the extra photos), as one training set."""
+    return SplitFeatures(
+        features=np.concatenate([first.features, second.features]),
+        labels=np.concatenate([first.labels, second.labels]),
+        paths=first.paths + second.paths,
+    )
 
 
 @dataclass
@@ -110,6 +122,7 @@ class FeatureStore:
                 size,
                 desc=f"load {split}",
                 max_unreadable_fraction=self.config.max_unreadable_fraction,
+                resize=self.config.resize,
             )
         return self.pixels[split]
 
@@ -125,6 +138,8 @@ class FeatureStore:
         }
         if view >= 2:  # random views also depend on the seed and the augmentation ranges
             parts.update(seed=cfg.seed, shear_deg=cfg.shear_deg, zoom=cfg.zoom)
+        if cfg.resize != DEFAULT_RESIZE:  # only then: caches written before resize modes stay valid
+            parts.update(resize=cfg.resize)
         return cache_key(**parts)
 
     def get(self, split: str, view: int) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
@@ -271,7 +286,7 @@ def check_assembly(
     if "test" in store.pixels:
         images = store.pixels["test"][0][:count]
     else:  # features came from the cache: decode just these few images
-        images = load_split(test.paths[:count], size, desc="load check images")[0]
+        images = load_split(test.paths[:count], size, desc="load check images", resize=store.config.resize)[0]
     full = np.asarray(model(images.astype(np.float32), training=False))
     diff = float(np.abs(full - head_logits[:count]).max())
     if diff > ASSEMBLY_TOLERANCE:
@@ -301,12 +316,18 @@ def train(config: TrainConfig) -> TrainResult:
     counts = {name: len(split) for name, split in dataset.splits.items()}
     print(f"data: {len(dataset.class_names)} classes {dataset.class_names}; images {counts}")
 
+    if config.extra_dir is not None:
+        dataset.splits[EXTRA_SPLIT] = discover_folder(config.extra_dir, dataset.class_names, EXTRA_SPLIT)
+        print(f"extra training photos: {len(dataset.splits[EXTRA_SPLIT])} from {config.extra_dir}")
+
     extractor = build_extractor(config.image_size, config.weights, config.blocks)
     store = FeatureStore(config, dataset, extractor)
     train_f = store.split_features("train", config.train_views)
+    if EXTRA_SPLIT in dataset.splits:
+        train_f = concat_features(train_f, store.split_features(EXTRA_SPLIT, config.train_views))
     val_f = store.split_features("validation", 1)  # serving sees one view, so validate on one
     test_f = store.split_features("test", 1)
-    skipped = [s for split in ("train", "validation", "test") for s in store.skipped.get(split, [])]
+    skipped = [s for split in dataset.splits for s in store.skipped.get(split, [])]
     (out / SKIPPED_FILE).write_text(json.dumps([s.__dict__ for s in skipped], indent=2) + "\n")
     if skipped:
         print(f"WARNING: {len(skipped)} unreadable image(s) skipped; see {out / SKIPPED_FILE}")
