@@ -37,15 +37,15 @@ LAST_BLOCK = 14  # Xception's last block; its output (2048 channels) is the base
 FIRST_RESIDUAL_BLOCK = 2  # blocks 2..13 each end with a residual Add layer
 
 
-def parse_blocks(text: str) -> tuple[int, ...]:
+def parse_blocks(text: str, name: str = "pooled_blocks") -> tuple[int, ...]:
     """ "13,14" -> (13, 14): sorted, unique, each a block whose output can be pooled."""
     try:
         blocks = tuple(sorted({int(part) for part in str(text).split(",") if part.strip()}))
     except ValueError:
-        raise ValueError(f"pooled_blocks must be comma-separated block numbers, got {text!r}") from None
+        raise ValueError(f"{name} must be comma-separated block numbers, got {text!r}") from None
     if not blocks or blocks[0] < FIRST_RESIDUAL_BLOCK or blocks[-1] > LAST_BLOCK:
         raise ValueError(
-            f"pooled_blocks must name Xception blocks {FIRST_RESIDUAL_BLOCK}..{LAST_BLOCK}, got {text!r}"
+            f"{name} must name Xception blocks {FIRST_RESIDUAL_BLOCK}..{LAST_BLOCK}, got {text!r}"
         )
     return blocks
 
@@ -106,7 +106,7 @@ class TrainConfig:
         check_resize_mode(self.resize)
         self.extra_dir = Path(self.extra_dir) if self.extra_dir is not None else None
         if self.fine_tune:
-            parse_blocks(self.fine_tune_blocks)
+            parse_blocks(self.fine_tune_blocks, "fine_tune_blocks")
             if self.fine_tune_epochs < 1:
                 raise ValueError(f"fine_tune_epochs must be at least 1, got {self.fine_tune_epochs}")
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
@@ -115,6 +115,10 @@ class TrainConfig:
     @property
     def blocks(self) -> tuple[int, ...]:
         return parse_blocks(self.pooled_blocks)
+
+    @property
+    def blocks_to_fine_tune(self) -> tuple[int, ...]:
+        return parse_blocks(self.fine_tune_blocks, "fine_tune_blocks")
 
     @property
     def threads(self) -> int:
