@@ -72,7 +72,25 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels)) if len(labels) else float("nan")
 
 
-def study_mode(config: TrainConfig, extra_dir: Path, extractor, folds: int, epochs: int) -> dict:
+def first_per_class(labels: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the first ``count`` rows of each class, in order: with ``discover``'s sorted, class-grouped
+    paths, the features of ``--limit-per-class count``, taken from a run with a larger limit."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for cls in np.unique(labels):
+        rows = np.flatnonzero(labels == cls)
+        rank[rows] = np.arange(len(rows))
+    return np.flatnonzero(rank < count)
+
+
+def study_mode(
+    config: TrainConfig,
+    extra_dir: Path,
+    extractor,
+    folds: int,
+    epochs: int,
+    train_subset: int | None = None,
+    tta: bool = True,
+) -> dict:
     """Features for one resize mode, then the figures without and with the extra photos."""
     from train.data import discover, discover_folder, read_image_table
     from train.trainer import EXTRA_SPLIT, FeatureStore
@@ -83,12 +101,17 @@ def study_mode(config: TrainConfig, extra_dir: Path, extractor, folds: int, epoc
     store = FeatureStore(config, dataset, extractor)
     # Extra photos first: they are the figure that matters, and the cheapest to compute.
     extra0, kept, _ = store.get(EXTRA_SPLIT, 0)
-    extra1, kept1, _ = store.get(EXTRA_SPLIT, 1)
-    if not np.array_equal(kept, kept1):
-        raise RuntimeError("cached views of the extra photos disagree; delete the cache")
+    extra1 = extra0  # without TTA the "mirror" is the photo itself, so both figures are the plain one
+    if tta:
+        extra1, kept1, _ = store.get(EXTRA_SPLIT, 1)
+        if not np.array_equal(kept, kept1):
+            raise RuntimeError("cached views of the extra photos disagree; delete the cache")
     val = store.split_features("validation", 1)
     train = store.split_features("train", 1)
     features_s = time.perf_counter() - started
+    if train_subset is not None:
+        rows = first_per_class(train.labels, train_subset)
+        train = type(train)(train.features[rows], train.labels[rows], [train.paths[i] for i in rows])
 
     extra = dataset.splits[EXTRA_SPLIT]
     extra_labels = extra.labels[kept]
@@ -123,7 +146,7 @@ def study_mode(config: TrainConfig, extra_dir: Path, extractor, folds: int, epoc
         name = "with_extra" if with_extra else "without_extra"
         result["heads"][name] = {
             "extra_grouped_cv": accuracy(plain, extra_labels),
-            "extra_grouped_cv_tta_flip": accuracy(flipped, extra_labels),
+            "extra_grouped_cv_tta_flip": accuracy(flipped, extra_labels) if tta else None,
             "extra_kids": accuracy(plain[kids], extra_labels[kids]),
             "extra_adults": accuracy(plain[~kids], extra_labels[~kids]),
             "validation": accuracy(val_probs, val.labels),
@@ -132,7 +155,7 @@ def study_mode(config: TrainConfig, extra_dir: Path, extractor, folds: int, epoc
         r = result["heads"][name]
         print(
             f"[{config.resize}, {name}] extra grouped-CV {r['extra_grouped_cv']:.4f} "
-            f"(flip TTA {r['extra_grouped_cv_tta_flip']:.4f}; kids {r['extra_kids']:.4f}, "
+            f"(flip TTA {r['extra_grouped_cv_tta_flip'] or float('nan'):.4f}; kids {r['extra_kids']:.4f}, "
             f"adults {r['extra_adults']:.4f}), validation {r['validation']:.4f}",
             flush=True,
         )
@@ -185,6 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="head epochs per fit")
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
     parser.add_argument("--limit-per-class", type=int, default=None, help="train images per class")
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="heads use only the first N train images per class (features may come from a larger limit)",
+    )
+    parser.add_argument(
+        "--tta", action=argparse.BooleanOptionalAction, default=True, help="also score flip TTA"
+    )
     args = parser.parse_args(argv)
     try:
         modes = [m.strip() for m in args.resize.split(",") if m.strip()]
@@ -218,12 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "image_size": args.image_size,
         "limit_per_class": args.limit_per_class,
+        "train_subset": args.train_subset,
         "results": [],
     }
     try:
         extractor = build_extractor(args.image_size, args.weights, configs[0].blocks)
         for config in configs:
-            record["results"].append(study_mode(config, args.extra_dir, extractor, args.folds, args.epochs))
+            record["results"].append(
+                study_mode(
+                    config, args.extra_dir, extractor, args.folds, args.epochs, args.train_subset, args.tta
+                )
+            )
             # Written after every mode: a long run that is stopped still leaves its finished figures.
             (args.output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
             plot(record["results"], args.output_dir / PLOT_FILE)

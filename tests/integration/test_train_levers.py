@@ -177,3 +177,11 @@ def test_grouped_folds_never_split_a_contributor():
     assert sorted(len(f) for f in folds) == [4, 5, 5]  # balanced by image count
     with pytest.raises(ValueError, match="cannot fill"):
         grouped_folds(["a", "b"], 3)
+
+
+def test_first_per_class_is_the_smaller_limit():
+    from train.study_extra import first_per_class
+
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    assert first_per_class(labels, 2).tolist() == [0, 1, 3, 4, 5, 6]
+    assert first_per_class(labels, 9).tolist() == list(range(9))
