@@ -82,13 +82,19 @@ def first_per_class(labels: np.ndarray, count: int) -> np.ndarray:
     return np.flatnonzero(rank < count)
 
 
+def take_first_per_class(split, count: int):
+    """The same SplitFeatures, cut to the first ``count`` rows of each class (see first_per_class)."""
+    rows = first_per_class(split.labels, count)
+    return type(split)(split.features[rows], split.labels[rows], [split.paths[i] for i in rows])
+
+
 def study_mode(
     config: TrainConfig,
     extra_dir: Path,
     extractor,
     folds: int,
     epochs: int,
-    train_subset: int | None = None,
+    subset_per_class: int | None = None,
     tta: bool = True,
 ) -> dict:
     """Features for one resize mode, then the figures without and with the extra photos."""
@@ -109,9 +115,9 @@ def study_mode(
     val = store.split_features("validation", 1)
     train = store.split_features("train", 1)
     features_s = time.perf_counter() - started
-    if train_subset is not None:
-        rows = first_per_class(train.labels, train_subset)
-        train = type(train)(train.features[rows], train.labels[rows], [train.paths[i] for i in rows])
+    if subset_per_class is not None:  # exactly what --limit-per-class N gives, from a larger cached run
+        train = take_first_per_class(train, subset_per_class)
+        val = take_first_per_class(val, subset_per_class)
 
     extra = dataset.splits[EXTRA_SPLIT]
     extra_labels = extra.labels[kept]
@@ -209,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
     parser.add_argument("--limit-per-class", type=int, default=None, help="train images per class")
     parser.add_argument(
-        "--train-subset",
+        "--subset-per-class",
         type=int,
         default=None,
-        help="heads use only the first N train images per class (features may come from a larger limit)",
+        help="heads see only the first N train and validation images per class, as --limit-per-class N "
+        "would give, but taken from features cached with a larger limit",
     )
     parser.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=True, help="also score flip TTA"
@@ -250,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": args.epochs,
         "image_size": args.image_size,
         "limit_per_class": args.limit_per_class,
-        "train_subset": args.train_subset,
+        "subset_per_class": args.subset_per_class,
         "results": [],
     }
     try:
@@ -258,7 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         for config in configs:
             record["results"].append(
                 study_mode(
-                    config, args.extra_dir, extractor, args.folds, args.epochs, args.train_subset, args.tta
+                    config,
+                    args.extra_dir,
+                    extractor,
+                    args.folds,
+                    args.epochs,
+                    subset_per_class=args.subset_per_class,
+                    tta=args.tta,
                 )
             )
             # Written after every mode: a long run that is stopped still leaves its finished figures.
