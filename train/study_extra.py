@@ -18,6 +18,7 @@ The test split is never read. Every head trains a fixed number of epochs: no fol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.preprocess import RESIZE_MODES
-from train.config import TrainConfig
+from train.config import FEATURE_BACKENDS, TrainConfig
 
 FOLDS = 5
 EPOCHS = 30  # as train.choose_blocks: fixed, so that no fold picks its epoch on the data it is scored on
@@ -68,6 +69,11 @@ def fit_predict(config: TrainConfig, x: np.ndarray, y: np.ndarray, num_classes: 
     return [softmax(np.asarray(head.predict(s, verbose=0))) for s in scored]
 
 
+def mean_of(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run[key] is not None]
+    return float(np.mean(values)) if values else None
+
+
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels)) if len(labels) else float("nan")
 
@@ -96,6 +102,7 @@ def study_mode(
     epochs: int,
     subset_per_class: int | None = None,
     tta: bool = True,
+    seeds: tuple[int, ...] = (42,),
 ) -> dict:
     """Features for one resize mode, then the figures without and with the extra photos."""
     from train.data import discover, discover_folder, read_image_table
@@ -132,37 +139,41 @@ def study_mode(
     result = {"resize": config.resize, "features_s": round(features_s, 1), "heads": {}}
     for with_extra in (False, True):
         head_started = time.perf_counter()
-        plain = np.zeros((len(kept), num_classes))
-        flipped = np.zeros_like(plain)
-        for held in grouped_folds(groups, folds):
-            x, y = base_x, base_y
+        runs = []
+        for seed in seeds:  # heads on a few hundred rows vary with their seed: report the mean
+            seeded = dataclasses.replace(config, seed=seed)
+            plain = np.zeros((len(kept), num_classes))
+            flipped = np.zeros_like(plain)
+            for held in grouped_folds(groups, folds):
+                x, y = base_x, base_y
+                if with_extra:  # the other folds' photos, once each (as train's default --train-views 1)
+                    others = np.setdiff1d(np.arange(len(kept)), held)
+                    x, y = np.concatenate([x, extra0[others]]), np.concatenate([y, extra_labels[others]])
+                p0, p1 = fit_predict(seeded, x, y, num_classes, epochs, [extra0[held], extra1[held]])
+                plain[held], flipped[held] = p0, (p0 + p1) / 2
+            x, y = train.features, train.labels
             if with_extra:
-                others = np.setdiff1d(np.arange(len(kept)), held)
-                x = np.concatenate(
-                    [x, extra0[others], extra1[others]]
-                )  # image and mirror, as --train-views 2
-                y = np.concatenate([y, extra_labels[others], extra_labels[others]])
-            p0, p1 = fit_predict(config, x, y, num_classes, epochs, [extra0[held], extra1[held]])
-            plain[held], flipped[held] = p0, (p0 + p1) / 2
-        x, y = train.features, train.labels
-        if with_extra:
-            x = np.concatenate([x, extra0])
-            y = np.concatenate([y, extra_labels])
-        (val_probs,) = fit_predict(config, x, y, num_classes, epochs, [val.features])
+                x, y = np.concatenate([x, extra0]), np.concatenate([y, extra_labels])
+            (val_probs,) = fit_predict(seeded, x, y, num_classes, epochs, [val.features])
+            runs.append(
+                {
+                    "seed": seed,
+                    "extra_grouped_cv": accuracy(plain, extra_labels),
+                    "extra_grouped_cv_tta_flip": accuracy(flipped, extra_labels) if tta else None,
+                    "extra_kids": accuracy(plain[kids], extra_labels[kids]),
+                    "extra_adults": accuracy(plain[~kids], extra_labels[~kids]),
+                    "validation": accuracy(val_probs, val.labels),
+                }
+            )
         name = "with_extra" if with_extra else "without_extra"
-        result["heads"][name] = {
-            "extra_grouped_cv": accuracy(plain, extra_labels),
-            "extra_grouped_cv_tta_flip": accuracy(flipped, extra_labels) if tta else None,
-            "extra_kids": accuracy(plain[kids], extra_labels[kids]),
-            "extra_adults": accuracy(plain[~kids], extra_labels[~kids]),
-            "validation": accuracy(val_probs, val.labels),
-            "head_s": round(time.perf_counter() - head_started, 1),
-        }
-        r = result["heads"][name]
+        r = {k: mean_of(runs, k) for k in runs[0] if k != "seed"}
+        r.update(seeds=runs, head_s=round(time.perf_counter() - head_started, 1))
+        result["heads"][name] = r
+        flip = f"flip TTA {r['extra_grouped_cv_tta_flip']:.4f}; " if tta else ""
         print(
-            f"[{config.resize}, {name}] extra grouped-CV {r['extra_grouped_cv']:.4f} "
-            f"(flip TTA {r['extra_grouped_cv_tta_flip'] or float('nan'):.4f}; kids {r['extra_kids']:.4f}, "
-            f"adults {r['extra_adults']:.4f}), validation {r['validation']:.4f}",
+            f"[{config.resize}, {name}] extra grouped-CV {r['extra_grouped_cv']:.4f} ({flip}"
+            f"kids {r['extra_kids']:.4f}, adults {r['extra_adults']:.4f}), validation {r['validation']:.4f}"
+            f" (mean of {len(seeds)} seeds)",
             flush=True,
         )
     result.update(
@@ -213,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=FOLDS, help="contributor-grouped folds")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="head epochs per fit")
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
+    parser.add_argument(
+        "--feature-backend",
+        choices=FEATURE_BACKENDS,
+        default=TrainConfig.feature_backend,
+        help="'litert' (fastest on CPU) or 'keras' (use it on a GPU)",
+    )
     parser.add_argument("--limit-per-class", type=int, default=None, help="train images per class")
     parser.add_argument(
         "--subset-per-class",
@@ -221,12 +238,16 @@ def main(argv: list[str] | None = None) -> int:
         help="heads see only the first N train and validation images per class, as --limit-per-class N "
         "would give, but taken from features cached with a larger limit",
     )
+    parser.add_argument("--seeds", default="42", help="comma-separated head seeds; figures are their mean")
     parser.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default=True, help="also score flip TTA"
     )
     args = parser.parse_args(argv)
     try:
         modes = [m.strip() for m in args.resize.split(",") if m.strip()]
+        seeds = tuple(int(part) for part in args.seeds.split(",") if part.strip())
+        if not seeds:
+            raise ValueError("name at least one seed")
         configs = [
             TrainConfig(
                 data_dir=args.data_dir,
@@ -234,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights=args.weights,
                 image_size=args.image_size,
                 resize=mode,
+                feature_backend=args.feature_backend,
                 limit_per_class=args.limit_per_class,
                 cache_dir=args.cache_dir,
             )
@@ -258,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": args.image_size,
         "limit_per_class": args.limit_per_class,
         "subset_per_class": args.subset_per_class,
+        "seeds": list(seeds),
         "results": [],
     }
     try:
@@ -272,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.epochs,
                     subset_per_class=args.subset_per_class,
                     tta=args.tta,
+                    seeds=seeds,
                 )
             )
             # Written after every mode: a long run that is stopped still leaves its finished figures.

@@ -153,7 +153,7 @@ def test_study_extra_groups_folds_by_contributor(folders, tmp_path):
     argv = [
         "--data-dir", str(data), "--extra-dir", str(extra), "--weights", "none",
         "--image-size", str(SIZE), "--output-dir", str(tmp_path), "--resize", "squash,crop",
-        "--folds", "2", "--epochs", "1",
+        "--folds", "2", "--epochs", "1", "--feature-backend", "keras", "--seeds", "1,2",
     ]  # fmt: skip
     assert study_extra.main(argv) == 0
     record = json.loads((tmp_path / study_extra.RESULTS_FILE).read_text())
@@ -162,6 +162,9 @@ def test_study_extra_groups_folds_by_contributor(folders, tmp_path):
         assert (result["extra_images"], result["extra_kids"], result["contributors"]) == (8, 3, 4)
         for head in result["heads"].values():
             assert all(0.0 <= head[k] <= 1.0 for k in ("extra_grouped_cv", "extra_grouped_cv_tta_flip"))
+            runs = head["seeds"]
+            assert [run["seed"] for run in runs] == [1, 2]
+            assert head["validation"] == pytest.approx(np.mean([run["validation"] for run in runs]))
     assert (tmp_path / study_extra.PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "cache").glob("features-test-*"))  # the test split is never read
 
