@@ -549,7 +549,7 @@ def chunked_head(extra=()) -> bytes:
 
 
 def flood(prefix: bytes, unit: bytes, total: int = FLOOD_BYTES):
-    """A route writing ``prefix``, then ``unit`` again and again: ``total`` bytes or until the client leaves."""
+    """A route writing ``prefix``, then ``unit`` again and again, up to ``total`` bytes or a hang-up."""
 
     def route(handler, srv):
         write(handler, prefix)
