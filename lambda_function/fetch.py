@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import http
 import http.client
+import io
 import ipaddress
 import logging
 import os
@@ -372,6 +373,7 @@ class _DeadlineMixin:
     read_timeout: float | None = None
     byte_budget: int | None = None
     body_cap: int | None = None
+    overhead_cap: int = 0
     bytes_received: int = 0
 
     def _arm(self) -> None:
@@ -424,7 +426,7 @@ class _StrictResponse(http.client.HTTPResponse):
 
     def __init__(self, sock, *args, **kwargs):
         super().__init__(sock, *args, **kwargs)
-        self._body_cap = getattr(sock, "body_cap", None)
+        self._counted = sock
 
     def _read_next_chunk_size(self) -> int:
         line = self.fp.readline(MAX_CHUNK_LINE + 1)
@@ -435,8 +437,12 @@ class _StrictResponse(http.client.HTTPResponse):
             # ValueError is what http.client expects here: it becomes IncompleteRead, i.e. a 502.
             raise ValueError("malformed chunk size")
         chunk = int(size, 16)
-        if self._body_cap is not None and chunk > self._body_cap:
+        sock = self._counted
+        if sock.body_cap is not None and chunk > sock.body_cap:
             raise _ResponseTooLarge(chunk)
+        if chunk == 0 and sock.byte_budget is not None:
+            # Only trailers are left: they get the overhead allowance, not what the body did not use.
+            sock.byte_budget = min(sock.byte_budget, sock.bytes_received + sock.overhead_cap)
         return chunk
 
 
@@ -510,10 +516,12 @@ def _request(
         sock = _connect(target, addresses, limits, deadline)
         conn = _PinnedConnection(target, sock)
         conn.request("GET", target.request_target, headers=REQUEST_HEADERS)
-        # From here on every byte read counts: whatever is not body must fit in max_overhead_bytes.
-        sock.body_cap = limits.max_bytes
-        sock.byte_budget = limits.max_bytes + limits.max_overhead_bytes
+        # From here on every byte read counts. Status line, headers and 1xx responses: the overhead
+        # allowance (plus one buffer of read-ahead, which may already hold body); then the body cap too.
+        sock.body_cap, sock.overhead_cap = limits.max_bytes, limits.max_overhead_bytes
+        sock.byte_budget = limits.max_overhead_bytes + io.DEFAULT_BUFFER_SIZE
         response = conn.getresponse()
+        sock.byte_budget = limits.max_bytes + limits.max_overhead_bytes
         if response.status in REDIRECT_STATUSES:
             location = response.getheader("Location")
             if not location:

@@ -32,7 +32,7 @@ RESAMPLE = Image.Resampling.BILINEAR
 BACKGROUND = (255, 255, 255)
 
 # Conversions of large images go this many pixels at a time, so no full-size temporary is made.
-BAND_PIXELS = 1 << 20
+BAND_PIXELS = 1 << 18
 # EXIF orientation -> the transpose that makes the image upright (what ImageOps.exif_transpose does).
 ORIENTATION_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -245,7 +245,7 @@ def _grey16_to_rgb(image: Image.Image) -> Image.Image:
             scale = 255.0 / 65535.0 if full_scale else 1.0
             values = np.rint(np.clip(band, 0, 65535 if full_scale else 255) * np.float32(scale))
         else:
-            values = np.clip(band.astype(np.int64), 0, 65535 if full_scale else 255)
+            values = np.clip(band, 0, 65535 if full_scale else 255).astype(np.uint32)  # I;16 or I
             if full_scale:
                 values = (values + 128) // 257
         grey[top:bottom] = values.astype(np.uint8)

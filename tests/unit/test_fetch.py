@@ -637,6 +637,31 @@ def test_framing_counts_against_the_byte_cap(server, route):
     assert peak < 2 * 1024 * 1024, peak
 
 
+ROOMY = FetchLimits(max_bytes=1_000_000, max_overhead_bytes=8192, read_timeout=2.0, total_timeout=4.0)
+
+
+@pytest.mark.parametrize(("pad", "accepted"), [(4_000, True), (3 * 9_000, False)])
+def test_headers_get_the_overhead_allowance_not_the_body_cap(server, pad, accepted):
+    headers = [("Content-Type", "image/png"), ("Content-Length", len(PNG))]
+    headers += [(f"X-Pad-{i}", "p" * 9_000) for i in range(pad // 9_000)] or [("X-Pad", "p" * pad)]
+    server.routes["/img"] = lambda handler, srv: write(handler, head(200, headers) + PNG)
+    if accepted:
+        assert get(server.url("/img"), ROOMY, allowed=server.allowed) == PNG
+    else:
+        refused(server.url("/img"), 413, "image_too_large_bytes", limits=ROOMY, allowed=server.allowed)
+
+
+@pytest.mark.parametrize(("trailer_bytes", "accepted"), [(2_000, True), (20_000, False)])
+def test_trailers_get_the_overhead_allowance_not_what_the_body_left(server, trailer_bytes, accepted):
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 990) for i in range(trailer_bytes // 1000))
+    body = b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(PNG), PNG, trailers)
+    server.routes["/img"] = lambda handler, srv: write(handler, chunked_head() + body)
+    if accepted:
+        assert get(server.url("/img"), ROOMY, allowed=server.allowed) == PNG
+    else:
+        refused(server.url("/img"), 413, "image_too_large_bytes", limits=ROOMY, allowed=server.allowed)
+
+
 def test_the_next_fetch_works_after_a_refused_flood(server):
     server.routes["/bad"] = flood(chunked_head() + b"-1\r\n", b"x")
     server.routes["/img"] = reply()
