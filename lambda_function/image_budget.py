@@ -6,6 +6,10 @@ Pillow's own guard counts pixels only. Two kinds of file get past that cheaply:
   time grows with the number of scans (each ~5 ms at 50 Mpx) while each scan can be a few dozen bytes:
   :func:`jpeg_layout` counts the scans (SOS markers) by walking the marker segments the way libjpeg
   does, and the caller refuses more than :data:`MAX_JPEG_SCANS`;
+* a JPEG, PNG or GIF made of a million empty segments, chunks or sub-blocks costs seconds of
+  Python-level header parsing in Pillow before any pixel: :func:`jpeg_layout` counts JPEG markers,
+  :func:`container_parts` PNG chunks and GIF blocks, and the caller refuses files with more than a
+  photo ever has, before Pillow parses them;
 * the memory a decode needs depends on the format and mode, not only on width x height (a 16-bit grey
   PNG, a lossless WebP, an RGBA PNG): :func:`decode_bytes` estimates the peak bytes of the arrays that
   are alive at once, and the caller refuses more than :data:`MAX_DECODE_BYTES`.
@@ -22,6 +26,14 @@ from dataclasses import dataclass
 # write 6 (grey), 10 (colour) or 18 (CMYK). Each scan is one more pass over the whole coefficient
 # buffer (~3.6 ms at 49 Mpx on our CPU), so 64 bounds a JPEG at a quarter second of scans.
 MAX_JPEG_SCANS = 64
+# Marker segments up to the end of the image. A photo has a few dozen (APPn for EXIF, ICC and XMP in
+# 64 KB pieces, tables, one per scan); a file of 4-byte empty comments has a million, and every one
+# costs Python-level parsing in Pillow (~1.3 us) and here. Checked before Pillow sees the file.
+MAX_JPEG_MARKERS = 1000
+# PNG chunks up to IEND, and GIF blocks and extension sub-blocks before the first frame's pixels:
+# Pillow parses each in Python (~3 us a PNG chunk, ~0.3 us a GIF sub-block), so a 10 MB file of
+# empty ones took seconds. Encoders write IDAT in 8-64 KB chunks: 10 MB is ~1300 of them.
+MAX_CONTAINER_PARTS = 10_000
 # Peak bytes of the arrays alive at once while one image is decoded and converted to RGB. 50 Mpx of
 # baseline JPEG never comes close (draft() decodes it at 1/8 scale); this is what refuses a 50 Mpx
 # 16-bit or RGBA PNG, a huge lossless WebP and a huge progressive JPEG.
@@ -41,6 +53,7 @@ _ANY_MARKER = re.compile(rb"\xff+(?=[^\x00\xff])")
 
 @dataclass(frozen=True)
 class JpegLayout:
+    markers: int
     scans: int
     progressive: bool
     # (horizontal, vertical) sampling factor of each component, from the frame header.
@@ -64,22 +77,25 @@ class JpegLayout:
         return blocks * 64 * 2
 
 
-def jpeg_layout(data: bytes, max_scans: int = MAX_JPEG_SCANS) -> JpegLayout:
-    """Scans and frame header of the first image in ``data`` (a JPEG), up to its first EOI.
+def jpeg_layout(
+    data: bytes, max_scans: int = MAX_JPEG_SCANS, max_markers: int = MAX_JPEG_MARKERS
+) -> JpegLayout:
+    """Markers, scans and frame header of the first image in ``data`` (a JPEG), up to its first EOI.
 
-    Stops counting at ``max_scans + 1``: that is enough to refuse. Never raises: a malformed stream
-    just ends the walk, and the decoder reports it. Garbage between segments is skipped as libjpeg
-    skips it, so scans cannot hide behind it.
+    Stops at ``max_scans + 1`` scans or ``max_markers + 1`` markers: that is enough to refuse. Never
+    raises: a malformed stream just ends the walk, and the decoder reports it. Garbage between
+    segments is skipped as libjpeg skips it, so scans cannot hide behind it.
     """
-    scans, progressive, sampling, width, height = 0, False, (), 0, 0
+    markers, scans, progressive, sampling, width, height = 0, 0, False, (), 0, 0
     pos, end = 2, len(data)  # after SOI
-    while pos < end and scans <= max_scans:
+    while pos < end and scans <= max_scans and markers <= max_markers:
         found = _ANY_MARKER.search(data, pos)
         if found is None:
             break
         pos = found.end()
         marker = data[pos]
         pos += 1
+        markers += 1
         if marker in _STANDALONE:
             if marker == _EOI:
                 break
@@ -102,7 +118,49 @@ def jpeg_layout(data: bytes, max_scans: int = MAX_JPEG_SCANS) -> JpegLayout:
             if found is None:
                 break
             pos = found.start()
-    return JpegLayout(scans, progressive, sampling, width, height)
+    return JpegLayout(markers, scans, progressive, sampling, width, height)
+
+
+def container_parts(data: bytes, limit: int = MAX_CONTAINER_PARTS) -> int:
+    """PNG chunks, or GIF blocks and extension sub-blocks before the first frame; 0 for other data.
+
+    Stops at ``limit + 1``. Never raises: a malformed file ends the walk and the decoder reports it.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return _png_chunks(data, limit)
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return _gif_parts(data, limit)
+    return 0
+
+
+def _png_chunks(data: bytes, limit: int) -> int:
+    count, pos, end = 0, 8, len(data)
+    while pos + 8 <= end and count <= limit:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        count += 1
+        if data[pos + 4 : pos + 8] == b"IEND":
+            break
+        pos += 12 + length  # length, type, data, CRC
+    return count
+
+
+def _gif_parts(data: bytes, limit: int) -> int:
+    pos, end = 13, len(data)  # header and logical screen descriptor
+    if end > 10 and data[10] & 0x80:
+        pos += 3 << ((data[10] & 0x07) + 1)  # global colour table
+    count = 0
+    while pos < end and count <= limit:
+        count += 1
+        if data[pos] != 0x21:  # an image descriptor (the first frame), the trailer, or garbage
+            break
+        pos += 2  # introducer and label, then sub-blocks until an empty one
+        while pos < end and count <= limit:
+            size = data[pos]
+            pos += 1 + size
+            count += 1
+            if size == 0:
+                break
+    return count
 
 
 # Bytes per pixel of Pillow's storage for each mode: multi-band 8-bit modes take 4 bytes a pixel.

@@ -19,7 +19,16 @@ import numpy as np
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from lambda_function.errors import ServingError
-from lambda_function.image_budget import MAX_DECODE_BYTES, MAX_JPEG_SCANS, decode_bytes, jpeg_layout
+from lambda_function.image_budget import (
+    MAX_CONTAINER_PARTS,
+    MAX_DECODE_BYTES,
+    MAX_JPEG_MARKERS,
+    MAX_JPEG_SCANS,
+    JpegLayout,
+    container_parts,
+    decode_bytes,
+    jpeg_layout,
+)
 
 # Formats we decode; Pillow is never asked to try any other plugin (smaller attack surface).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
@@ -66,6 +75,14 @@ def decode_image(
     if not data:
         raise ServingError(422, "empty_image", "The image is empty (0 bytes).")
     try:
+        # Before Pillow parses it: Pillow's own header loops are as slow per segment as ours.
+        layout = _check_jpeg_layout(data) if data[:2] == b"\xff\xd8" else None
+        if container_parts(data) > MAX_CONTAINER_PARTS:
+            raise ServingError(
+                422,
+                "image_too_complex",
+                f"The image has more than {MAX_CONTAINER_PARTS} chunks or blocks; real ones have far fewer.",
+            )
         with warnings.catch_warnings():
             # Pillow only warns for images a little over its own limit; for us that is an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -80,7 +97,7 @@ def decode_image(
                 )
             coefficient_bytes = 0
             if fmt == "JPEG":
-                coefficient_bytes = _check_jpeg_scans(data)
+                coefficient_bytes = layout.coefficient_bytes() if layout else 0
                 # Let libjpeg decode at a reduced scale when the photo is much larger than we need:
                 # faster and far less memory, and identical for training and serving.
                 image.draft(None, (1024, 1024))
@@ -141,16 +158,22 @@ def _opened_format(image: Image.Image) -> str:
     return image.format
 
 
-def _check_jpeg_scans(data: bytes) -> int:
-    """Refuse a JPEG with more scans than MAX_JPEG_SCANS; return its coefficient buffer's bytes."""
-    layout = jpeg_layout(data, MAX_JPEG_SCANS)
+def _check_jpeg_layout(data: bytes) -> JpegLayout:
+    """Refuse a JPEG with more scans or marker segments than a photo has, before decoding it."""
+    layout = jpeg_layout(data, MAX_JPEG_SCANS, MAX_JPEG_MARKERS)
     if layout.scans > MAX_JPEG_SCANS:
         raise ServingError(
             422,
             "image_too_complex",
             f"The JPEG has more than {MAX_JPEG_SCANS} scans; real photos have at most a few dozen.",
         )
-    return layout.coefficient_bytes()
+    if layout.markers > MAX_JPEG_MARKERS:
+        raise ServingError(
+            422,
+            "image_too_complex",
+            f"The JPEG has more than {MAX_JPEG_MARKERS} marker segments; real photos have a few dozen.",
+        )
+    return layout
 
 
 def _check_decode_bytes(

@@ -133,6 +133,24 @@ CASES = [
         _jpeg_at_cap,
     ),
     Case(
+        "jpeg_markers_1m",
+        "JPEG with a million empty COM segments (4 MB)",
+        (422, "image_too_complex"),
+        lambda: _inline(_bombs().jpeg_with_empty_comments(1_000_000)),
+    ),
+    Case(
+        "png_chunks_400k",
+        "PNG with 400,000 empty chunks before IDAT (4.8 MB)",
+        (422, "image_too_complex"),
+        lambda: _inline(_bombs().png_with_empty_chunks(400_000)),
+    ),
+    Case(
+        "gif_sub_blocks_2m",
+        "GIF with a comment of 2 million one-byte sub-blocks (4 MB)",
+        (422, "image_too_complex"),
+        lambda: _inline(_bombs().gif_with_empty_extensions(2_000_000)),
+    ),
+    Case(
         "png16_7071",
         "16-bit grey PNG 7071x7071 of zero rows",
         (422, "image_too_large"),

@@ -13,12 +13,15 @@ from PIL import Image
 
 from lambda_function import preprocess as preprocess_module
 from lambda_function.errors import ServingError
-from lambda_function.image_budget import MAX_JPEG_SCANS, jpeg_layout
+from lambda_function.image_budget import MAX_CONTAINER_PARTS, MAX_JPEG_MARKERS, MAX_JPEG_SCANS, jpeg_layout
 from lambda_function.preprocess import decode_image, load_image_file, preprocess
 from tests.fixtures.bombs import (
     exif_jpeg,
+    gif_with_empty_extensions,
     grey16_png,
+    jpeg_with_empty_comments,
     mpo_jpeg,
+    png_with_empty_chunks,
     progressive_jpeg_bomb,
     webp_claiming,
 )
@@ -233,6 +236,31 @@ def test_jpeg_with_more_scans_than_the_cap_is_422_before_decoding():
     # 1 DC scan + MAX_JPEG_SCANS AC scans: one over. Refused from the markers, so the code is ours.
     error = expect_error(progressive_jpeg_bomb(64, 64, MAX_JPEG_SCANS), 422, "image_too_complex")
     assert str(MAX_JPEG_SCANS) in error.message
+
+
+@pytest.mark.parametrize(("comments", "refused"), [(MAX_JPEG_MARKERS - 20, False), (MAX_JPEG_MARKERS, True)])
+def test_jpeg_marker_segments_are_capped_before_pillow_parses_them(comments, refused):
+    # Empty COM segments, 4 bytes each: a 10 MB file of them took seconds of Python-level parsing.
+    data = jpeg_with_empty_comments(comments)
+    if refused:
+        expect_error(data, 422, "image_too_complex")
+    else:
+        assert_close(decode_pixels(data)[5, 5], BLUE)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda n: png_with_empty_chunks(n),
+        lambda n: png_with_empty_chunks(n, after_pixels=True),
+        lambda n: gif_with_empty_extensions(n),
+    ],
+    ids=["png-before-idat", "png-after-idat", "gif-sub-blocks"],
+)
+def test_png_chunks_and_gif_blocks_are_capped_before_pillow_parses_them(build):
+    # Pillow parses each in Python: 800k empty PNG chunks (9.6 MB) took 3 s of CPU.
+    decode_pixels(build(MAX_CONTAINER_PARTS - 10))
+    expect_error(build(MAX_CONTAINER_PARTS), 422, "image_too_complex")
 
 
 def test_jpeg_with_scans_at_the_cap_decodes():
