@@ -205,6 +205,12 @@ def _exif_orientation(image: Image.Image) -> int:
     """
     value = None
     raw = image.info.get("exif")
+    if raw is None and "Raw profile type exif" in image.info:
+        # ImageMagick's PNG text chunk, hex after three header lines (Pillow's getexif reads it too).
+        try:
+            raw = bytes.fromhex("".join(str(image.info["Raw profile type exif"]).split("\n")[3:]))
+        except ValueError:
+            return 1
     if raw:
         try:
             exif = Image.Exif()

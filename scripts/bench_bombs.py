@@ -55,6 +55,7 @@ class Case:
     expect: tuple[int, str | None]  # (status, error code or None for a success)
     build: Callable[[], object]  # -> the event; HTTP cases get the loopback URL through serve()
     flood: tuple[bytes, bytes, int] | None = None  # (prefix, unit, bytes offered) for a raw HTTP server
+    batch: int = 0  # ask for the flood's URL this many times in one batch event
 
 
 def _proxy(body: str, *, b64: bool = False, content_type: str = "application/json") -> dict:
@@ -246,6 +247,14 @@ CASES = [
         (CHUNKED_HEAD + b"4\r\nabcd\r\n0\r\n", b"X-T: 0123456789\r\n", 300 << 20),
     ),
     Case(
+        "http_batch_16x10mb",
+        "a batch of 16 URLs, each a 10 MB body at the byte cap (not an image): the most a batch holds",
+        (200, None),
+        None,
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n", b"\x00" * 4096, 10 << 20),
+        batch=16,
+    ),
+    Case(
         "http_100_continue",
         "100 MB of '100 Continue' responses",
         (413, "image_too_large_bytes"),
@@ -347,7 +356,8 @@ def run_child(name: str, model: Path) -> dict:
         if case.flood is not None:
             host = stack.enter_context(serve_flood(*case.flood))
             os.environ["FETCH_ALLOWED_HOSTS"] = host
-            event = {"url": f"http://{host}/image.jpg"}
+            url = f"http://{host}/image.jpg"
+            event = {"urls": [url] * case.batch} if case.batch else {"url": url}
         else:
             event = case.build()
         event_bytes = len(json.dumps(event, ensure_ascii=True))

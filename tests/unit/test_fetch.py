@@ -680,6 +680,11 @@ def test_content_length_lie_never_reads_past_the_declared_length(server):
     assert get(server.url("/img"), FetchLimits(max_bytes=1000), allowed=server.allowed) == b"a" * 10
 
 
+def test_content_length_of_5000_digits_is_413_not_a_parse_error(server):
+    server.routes["/img"] = reply(length="9" * 5000)
+    refused(server.url("/img"), 413, "image_too_large_bytes", allowed=server.allowed)
+
+
 def test_body_shorter_than_content_length_is_an_upstream_error(server):
     server.routes["/img"] = reply(b"short", length=100)
     refused(server.url("/img"), 502, "upstream_error", allowed=server.allowed)

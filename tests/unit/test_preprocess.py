@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps, PngImagePlugin
 
 from lambda_function import preprocess as preprocess_module
 from lambda_function.errors import ServingError
@@ -365,6 +365,28 @@ def test_mistyped_exif_tags_do_not_stop_orientation(extra):
     assert pixels.shape == (20, 10, 3)
     assert_close(pixels[2, 5], RED, tol=12)
     assert_close(pixels[17, 5], BLUE, tol=12)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillows_exif_transpose(orientation):
+    # Our own reader replaced ImageOps.exif_transpose: on well-formed EXIF the pixels are the same.
+    data = exif_jpeg(orientation, size=(24, 16))
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    np.testing.assert_array_equal(decode_pixels(data), np.asarray(expected))
+
+
+def test_orientation_from_imagemagicks_png_text_profile():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    text = f"\nexif\n{len(raw):8d}\n{raw.hex()}\n"
+    image = Image.new("RGB", (20, 10), RED)
+    image.paste(BLUE, (10, 0, 20, 10))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", text, zip=True)
+    pixels = decode_pixels(encode(image, "PNG", pnginfo=info))
+    assert pixels.shape == (20, 10, 3)
+    assert_close(pixels[2, 5], RED, tol=0)
 
 
 @pytest.mark.parametrize(
