@@ -68,9 +68,11 @@ def decode_image(
 ) -> Image.Image:
     """Decode ``data`` to an upright RGB image, or raise ServingError (415 or 422).
 
-    The cost is bounded before any pixel is decoded: pixels (``max_pixels``), JPEG scans
-    (:data:`~lambda_function.image_budget.MAX_JPEG_SCANS`) and the peak bytes of the arrays decoding
-    and conversion need (``max_decode_bytes``, see :mod:`lambda_function.image_budget`).
+    The cost is bounded before any pixel is decoded (see :mod:`lambda_function.image_budget`): JPEG
+    scans and marker segments, PNG chunks and GIF blocks (422 ``image_too_complex``), pixels
+    (``max_pixels``) and the peak bytes of the arrays decoding and conversion need
+    (``max_decode_bytes``; both 422 ``image_too_large``). Any other decoder failure is a 422
+    ``invalid_image`` whose message is ours, never Pillow's.
     """
     if not data:
         raise ServingError(422, "empty_image", "The image is empty (0 bytes).")
