@@ -455,7 +455,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from lambda_function.events import MAX_BATCH_URLS, MAX_INLINE_IMAGE_BYTES
     from lambda_function.fetch import FetchLimits
-    from lambda_function.image_budget import MAX_DECODE_BYTES, MAX_JPEG_SCANS
+    from lambda_function.image_budget import (
+        MAX_CONTAINER_PARTS,
+        MAX_DECODE_BYTES,
+        MAX_JPEG_MARKERS,
+        MAX_JPEG_SCANS,
+    )
     from lambda_function.preprocess import MAX_PIXELS
 
     rows = []
@@ -468,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         limits = {
             "max_pixels": MAX_PIXELS,
             "max_jpeg_scans": MAX_JPEG_SCANS,
+            "max_jpeg_markers": MAX_JPEG_MARKERS,
+            "max_container_parts": MAX_CONTAINER_PARTS,
             "max_decode_bytes": MAX_DECODE_BYTES,
             "max_inline_image_bytes": MAX_INLINE_IMAGE_BYTES,
             "max_batch_urls": MAX_BATCH_URLS,
