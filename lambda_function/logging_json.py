@@ -32,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         try:
             message = record.getMessage()
         except Exception:  # a bad %-format: keep the template
-            message = str(record.msg)
+            message = _serialisable(record.msg if isinstance(record.msg, str) else repr(record.msg))
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
