@@ -54,7 +54,8 @@ class Case:
     what: str
     expect: tuple[int, str | None]  # (status, error code or None for a success)
     build: Callable[[], object]  # -> the event; HTTP cases get the loopback URL through serve()
-    flood: tuple[bytes, bytes, int] | None = None  # (prefix, unit, bytes offered) for a raw HTTP server
+    # (prefix, unit, bytes offered) for a raw loopback HTTP server, or a function returning them.
+    flood: tuple[bytes, bytes, int] | Callable[[], tuple[bytes, bytes, int]] | None = None
     batch: int = 0  # ask for the flood's URL this many times in one batch event
 
 
@@ -108,6 +109,15 @@ def _square(builder: str, fmt: str, mode: str, alpha: bool) -> Callable[[], dict
         return _inline(getattr(_bombs(), builder)(side, side))
 
     return build
+
+
+def _served_jpeg_at_cap() -> tuple[bytes, bytes, int]:
+    from lambda_function.image_budget import MAX_JPEG_SCANS
+
+    side = _largest_progressive_side()
+    jpeg = _bombs().progressive_jpeg_bomb(side, side, MAX_JPEG_SCANS - 1)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
+    return head, jpeg, len(jpeg)
 
 
 def _surrogate_host() -> dict:
@@ -255,6 +265,14 @@ CASES = [
         batch=16,
     ),
     Case(
+        "http_batch_16_jpeg_at_cap",
+        "a batch of 16 URLs, each the largest accepted progressive JPEG: the slowest batch to decode",
+        (200, None),
+        None,
+        _served_jpeg_at_cap,
+        batch=16,
+    ),
+    Case(
         "http_100_continue",
         "100 MB of '100 Continue' responses",
         (413, "image_too_large_bytes"),
@@ -354,7 +372,8 @@ def run_child(name: str, model: Path) -> dict:
     ordinary = _warm(app)
     with contextlib.ExitStack() as stack:
         if case.flood is not None:
-            host = stack.enter_context(serve_flood(*case.flood))
+            flood = case.flood() if callable(case.flood) else case.flood
+            host = stack.enter_context(serve_flood(*flood))
             os.environ["FETCH_ALLOWED_HOSTS"] = host
             url = f"http://{host}/image.jpg"
             event = {"urls": [url] * case.batch} if case.batch else {"url": url}
@@ -428,13 +447,13 @@ def run_case(name: str, model: Path) -> Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'case':<22} {'expected':<26} {'got':<26} {'cpu s':>6} {'wall s':>7} {'+RSS MB':>8}"
+    header = f"{'case':<26} {'expected':<26} {'got':<26} {'cpu s':>6} {'wall s':>7} {'+RSS MB':>8}"
     header += f" {'logs':>4} {'next':>4}"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r.case:<22} {r.expected:<26} {r.got:<26} {r.cpu_s:>6.3f} {r.wall_s:>7.3f} "
+            f"{r.case:<26} {r.expected:<26} {r.got:<26} {r.cpu_s:>6.3f} {r.wall_s:>7.3f} "
             f"{r.peak_rss_growth_mb:>8.1f} {r.request_log_lines:>4} {r.next_request_status:>4}"
             + ("" if r.ok else "  <-- FAIL")
         )
