@@ -22,7 +22,7 @@ SAM_VERSION  ?= 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve clean
+.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve bench-bombs clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ bench-serve: $(DEV_VENV)/.installed ## Handler vs bare invoke latency, cold star
 	$(DEV_PY) scripts/build_artifact.py --platform local --out build/artifact
 	$(DEV_PY) scripts/bench_serve.py --model lambda_function/model/model.tflite --artifact build/artifact \
 		--requests 1000 --json build/bench_serve.json
+
+bench-bombs: $(DEV_VENV)/.installed ## Hostile inputs through the handler: worst decode CPU and peak RSS per bomb
+	$(DEV_PY) scripts/bench_bombs.py --json build/bench_bombs.json
 
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
 	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache

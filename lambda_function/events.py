@@ -25,6 +25,8 @@ MAX_BATCH_URLS = 16
 MAX_INLINE_IMAGE_BYTES = 6 * 1024 * 1024
 # Longer than any URL fetch.py accepts; only bounds what we echo back in messages.
 MAX_ECHO_CHARS = 80
+# More digits than any top_k can have: int() of a longer string is skipped (Python refuses 4300+).
+MAX_TOP_K_DIGITS = 6
 
 DIRECT, BATCH, PROXY_V1, PROXY_V2 = "direct", "batch", "proxy_v1", "proxy_v2"
 PROXY_KINDS = frozenset({PROXY_V1, PROXY_V2})
@@ -119,8 +121,9 @@ def parse_top_k(value: object, num_labels: int) -> int:
     if value is None:
         return min(DEFAULT_TOP_K, num_labels)
     # Query strings carry text; JSON must carry a number (a bool is not one, though Python says so).
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value.strip())
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_TOP_K_DIGITS:
+        value = int(text)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_labels:
         raise ServingError(
             400,
@@ -146,12 +149,14 @@ def _parse_proxy(event: dict, kind: str, num_labels: int) -> Request:
     if not isinstance(body, str):
         raise ServingError(400, "invalid_request", "The request body must be a string.")
 
-    data = _decode_body(body, bool(event.get("isBase64Encoded")))
+    data = _decode_body(body, _base64_flag(event.get("isBase64Encoded")))
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if _is_json(content_type, data):
         try:
             payload = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
+            # ValueError: bad JSON or UTF-8, or an integer over Python's 4300-digit limit;
+            # RecursionError: arrays or objects nested thousands deep.
             raise ServingError(400, "invalid_json", "The request body is not valid JSON.") from None
         if not isinstance(payload, dict):
             raise ServingError(400, "invalid_request", "The JSON body must be an object with a 'url'.")
@@ -161,12 +166,29 @@ def _parse_proxy(event: dict, kind: str, num_labels: int) -> Request:
     return Request(kind=kind, image=data, top_k=parse_top_k(query.get("top_k"), num_labels))
 
 
+def _base64_flag(value: object) -> bool:
+    """``isBase64Encoded``: a JSON boolean, absent, or the strings "true"/"false" (any case)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ServingError(
+        400, "invalid_request", f"'isBase64Encoded' must be true or false, not {_describe(value)}."
+    )
+
+
 def _decode_body(body: str, is_base64: bool) -> bytes:
     if not is_base64:
         if len(body) > MAX_INLINE_IMAGE_BYTES:
             raise _too_large(len(body))
         # Only text survives a non-base64 proxy body; surrogateescape keeps any odd bytes as they came.
-        return body.encode("utf-8", "surrogateescape")
+        try:
+            return body.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON's "\ud800" in the event's body string): no bytes can carry it.
+            raise ServingError(
+                400, "invalid_body", "The request body is not valid Unicode (it has a lone surrogate)."
+            ) from None
     # 4 base64 characters carry 3 bytes: refuse an oversized body before decoding it.
     if len(body) * 3 // 4 > MAX_INLINE_IMAGE_BYTES + 3:
         raise _too_large(len(body) * 3 // 4)
@@ -205,6 +227,8 @@ def _describe(value: object) -> str:
     if isinstance(value, str):
         shown = value if len(value) <= MAX_ECHO_CHARS else value[:MAX_ECHO_CHARS] + "..."
         return repr(shown)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large integer"  # json.dumps refuses ints over 4300 digits
     if value is None or isinstance(value, bool | int | float):
         return json.dumps(value)
     return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")

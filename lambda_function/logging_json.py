@@ -21,12 +21,23 @@ _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asct
 
 
 class JsonFormatter(logging.Formatter):
+    """One line of JSON per record, pure ASCII, whatever the record's strings hold.
+
+    ASCII because a client's URL can carry a lone surrogate ("\\ud800" in JSON): written as UTF-8 it
+    makes the stream raise, logging swallows the error and the request's line is lost. And any field
+    that cannot be serialised at all is replaced rather than losing the whole line.
+    """
+
     def format(self, record: logging.LogRecord) -> str:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad %-format: keep the template
+            message = _serialisable(record.msg if isinstance(record.msg, str) else repr(record.msg))
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
-            "message": record.getMessage(),
+            "message": message,
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
@@ -35,7 +46,18 @@ class JsonFormatter(logging.Formatter):
             exc_type, exc, tb = record.exc_info
             entry["error_type"] = exc_type.__name__
             entry["traceback"] = "".join(traceback.format_exception(exc_type, exc, tb))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        try:
+            return json.dumps(entry, default=str, ensure_ascii=True)
+        except Exception:  # e.g. an int over 4300 digits, a structure nested too deep, a failing __str__
+            return json.dumps({key: _serialisable(value) for key, value in entry.items()}, ensure_ascii=True)
+
+
+def _serialisable(value: object) -> object:
+    try:
+        json.dumps(value, default=str)
+    except Exception:
+        return f"<unloggable {type(value).__name__}>"
+    return value
 
 
 class StdoutHandler(logging.StreamHandler):
