@@ -378,3 +378,38 @@ def test_the_next_url_request_still_works(bulk_app, s3, buckets):
     put(s3, buckets.input, "one.png", solid(RED))
     body = bulk_app.lambda_handler({"url": f"s3://{buckets.input}/one.png", "top_k": 1}, CONTEXT)
     assert body["predictions"][0]["label"] == "red"
+
+
+# ---------------------------------------------------------------- make classify-bucket
+
+
+def test_classify_bucket_locally_runs_every_batch(bulk_app, s3, buckets, capsys):
+    from scripts.classify_bucket import main
+
+    for i, colour in enumerate((RED, GREEN, BLUE, RED, GREEN)):
+        put(s3, buckets.input, f"shop/{i}.png", solid(colour))
+    put(s3, buckets.input, "elsewhere/x.png", solid(RED))
+    assert main(["--bucket", buckets.input, "--prefix", "shop/", "--local", "--items-per-batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "5 objects, 3 batches" in out and f"s3://{buckets.results}/{PREFIX}{buckets.input}/" in out
+    assert len(result_keys(s3, buckets)) == 5
+
+
+def test_classify_bucket_starts_the_state_machine(s3, s3_endpoint, monkeypatch, capsys):
+    # moto's Step Functions stores the execution (it does not run a Distributed Map): this checks what
+    # the script sends, which is all it does against a deployed stack.
+    from scripts.classify_bucket import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SFN", s3_endpoint["AWS_ENDPOINT_URL_S3"])
+    sfn = boto3.client("stepfunctions")
+    machine = sfn.create_state_machine(
+        name=f"classify-{uuid.uuid4().hex[:8]}",
+        definition=json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}),
+        roleArn="arn:aws:iam::123456789012:role/classify-bucket",
+    )["stateMachineArn"]
+    assert main(["--bucket", "photos", "--prefix", "new arrivals/", "--state-machine-arn", machine]) == 0
+    (execution,) = sfn.list_executions(stateMachineArn=machine)["executions"]
+    described = sfn.describe_execution(executionArn=execution["executionArn"])
+    assert json.loads(described["input"]) == {"bucket": "photos", "prefix": "new arrivals/"}
+    assert execution["name"].startswith("new-arrivals-")
+    assert f"started: {execution['executionArn']}" in capsys.readouterr().out
