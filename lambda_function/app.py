@@ -3,7 +3,8 @@
 The model loads once per container, at import (Lambda's init phase), never per request. If it cannot
 load, the import still succeeds: the reason is logged and every request gets a 500 model_unavailable.
 Env: MODEL_PATH (default: the bundled ``model/model.tflite``), NUM_THREADS (default: CPU count),
-FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL.
+FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL; for bulk events (S3 notifications,
+S3 Batch Operations, Distributed Map batches: bulk.py) RESULTS_BUCKET, RESULTS_PREFIX, TAG_OBJECTS.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def lambda_handler(event: object, context: object = None) -> dict:
         status, body = _handle(event, fields, context)
     except RetryLater as err:
         # Bulk events only: raising is how Lambda's async retries and Step Functions' Retry are asked for.
-        fields.update(status=503, code="retry_later", reason=str(err))
+        duration_ms = round((time.perf_counter() - started) * 1000.0, 1)
+        fields.update(status=503, code="retry_later", reason=str(err), duration_ms=duration_ms)
         log.warning("request", extra=fields)
         raise
     except ServingError as err:

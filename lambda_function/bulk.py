@@ -42,7 +42,14 @@ from lambda_function.events import (
     S3Item,
     parse_bulk_event,
 )
-from lambda_function.fetch import FetchLimits, S3ReadError, read_s3_object, s3_client, s3_error
+from lambda_function.fetch import (
+    S3_MAX_KEY_BYTES,
+    FetchLimits,
+    S3ReadError,
+    read_s3_object,
+    s3_client,
+    s3_error,
+)
 from lambda_function.logging_json import get_logger
 from lambda_function.service import classify_bytes
 
@@ -52,7 +59,8 @@ DEFAULT_RESULTS_PREFIX = "classifications/"
 # Downloads in flight ahead of the classifier: S3 latency hides behind inference.
 FETCH_WORKERS = 4
 # Stop starting new images when less than this is left of the invocation: one more fetch (10 s
-# deadline) plus an inference must still fit. The rest are TemporaryFailures, retried later.
+# deadline) plus an inference must still fit. The rest are TemporaryFailures, retried later. The first
+# image is always tried, so a short Timeout cannot turn a batch into retries that never progress.
 SAFETY_MARGIN_MS = 15_000
 # resultString goes into the Batch Operations completion report (CSV). The S3 and Lambda documentation
 # searched (2026-12-03) states no limit for it, so it is kept short by design; the full result is the
@@ -65,7 +73,6 @@ THROTTLING_CODES = frozenset(
 )
 # Our own codes a retry can fix: the network, or a model a fixed deployment will load.
 TEMPORARY_CODES = frozenset({"upstream_timeout", "model_unavailable", "deadline"})
-S3_MAX_KEY_BYTES = 1024
 MAX_TAGS = 10  # S3's limit per object
 TAG_PREFIX = "classifier-"
 # Characters S3 accepts in tag values; anything else becomes "_".
@@ -258,6 +265,7 @@ def classify_items(
     with ThreadPoolExecutor(max_workers=FETCH_WORKERS) as pool:
         writes: list[Future] = []
         out_of_time = False
+        tried = 0
         for item, download in _prefetched(request.items, config, limits, pool):
             outcome = Outcome(item)
             outcomes.append(outcome)
@@ -265,7 +273,10 @@ def classify_items(
             if skip is not None:
                 outcome.skipped = skip
                 continue
-            out_of_time = out_of_time or (remaining_ms is not None and remaining_ms() < SAFETY_MARGIN_MS)
+            out_of_time = out_of_time or (
+                tried > 0 and remaining_ms is not None and remaining_ms() < SAFETY_MARGIN_MS
+            )
+            tried += 1
             try:
                 if item.problem is not None:
                     raise item.problem

@@ -413,3 +413,19 @@ def test_classify_bucket_starts_the_state_machine(s3, s3_endpoint, monkeypatch, 
     assert json.loads(described["input"]) == {"bucket": "photos", "prefix": "new arrivals/"}
     assert execution["name"].startswith("new-arrivals-")
     assert f"started: {execution['executionArn']}" in capsys.readouterr().out
+
+
+def test_images_the_invocation_has_no_time_for_are_temporary_failures(bulk_app, s3, buckets):
+    for name in ("a", "b", "c"):
+        put(s3, buckets.input, f"{name}.png", solid(RED))
+    almost_out = SimpleNamespace(aws_request_id="req-late", get_remaining_time_in_millis=lambda: 1000)
+    response = bulk_app.lambda_handler(
+        batch_operations("1.0", buckets.input, ["a.png", "b.png", "c.png"]), almost_out
+    )
+    # The first image is always tried, so even a short Timeout makes progress on every redrive.
+    assert [r["resultCode"] for r in response["results"]] == [
+        "Succeeded",
+        "TemporaryFailure",
+        "TemporaryFailure",
+    ]
+    assert response["results"][1]["resultString"].startswith("deadline: ")
