@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from urllib.parse import quote, quote_plus
 
+import boto3  # boto3 and moto[server] are in the dev extras: a missing one fails here, loudly
 import pytest
 
 from lambda_function import fetch
@@ -23,9 +24,6 @@ from lambda_function.classifier import Classifier
 from lambda_function.fetch import FetchLimits
 from tests.fixtures.images import BLUE, GREEN, RED, solid
 from tests.fixtures.moto_s3 import moto_s3_server, s3_env
-
-pytest.importorskip("moto", reason="moto[server] is in the dev extras: pip install -e '.[dev]'")
-boto3 = pytest.importorskip("boto3")
 
 CONTEXT = SimpleNamespace(aws_request_id="req-bulk")
 PREFIX = "classifications/"
@@ -429,3 +427,24 @@ def test_images_the_invocation_has_no_time_for_are_temporary_failures(bulk_app, 
         "TemporaryFailure",
     ]
     assert response["results"][1]["resultString"].startswith("deadline: ")
+
+
+@pytest.mark.parametrize("shape", ["notification", "batch-1.0", "batch-2.0", "map"])
+def test_awkward_keys_in_every_event_shape(bulk_app, s3, buckets, shape):
+    # Spaces, "+", unicode and deep prefixes: each shape encodes keys its own way (or not at all).
+    for key in KEYS.values():
+        put(s3, buckets.input, key, solid(GREEN))
+    keys = list(KEYS.values())
+    if shape == "notification":
+        event = notification(buckets.input, keys)
+    elif shape == "map":
+        event = map_batch(s3, buckets.input, "uploads/")
+    else:
+        event = batch_operations(shape.split("-")[1], buckets.input, keys)
+    response = bulk_app.lambda_handler(event, CONTEXT)
+    if shape.startswith("batch"):
+        assert [r["resultCode"] for r in response["results"]] == ["Succeeded"] * len(keys)
+    else:
+        assert response["summary"]["Succeeded"] == len(keys)
+    for key in keys:
+        assert result_line(s3, buckets, key)["key"] == key
