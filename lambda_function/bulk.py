@@ -59,8 +59,7 @@ DEFAULT_RESULTS_PREFIX = "classifications/"
 # Downloads in flight ahead of the classifier: S3 latency hides behind inference.
 FETCH_WORKERS = 4
 # Stop starting new images when less than this is left of the invocation: one more fetch (10 s
-# deadline) plus an inference must still fit. The rest are TemporaryFailures, retried later. The first
-# image is always tried, so a short Timeout cannot turn a batch into retries that never progress.
+# deadline) plus an inference must still fit. The rest are TemporaryFailures, retried later.
 SAFETY_MARGIN_MS = 15_000
 # resultString goes into the Batch Operations completion report (CSV). The S3 and Lambda documentation
 # searched (2026-12-03) states no limit for it, so it is kept short by design; the full result is the
@@ -77,6 +76,7 @@ MAX_TAGS = 10  # S3's limit per object
 TAG_PREFIX = "classifier-"
 # Characters S3 accepts in tag values; anything else becomes "_".
 TAG_VALUE_UNSAFE = re.compile(r"[^\w .:/=+\-@]")
+OUT_OF_TIME = ServingError(503, "deadline", "The invocation ran out of time before this image.")
 INTERNAL_ERROR = ServingError(500, "internal_error", "Something went wrong on our side; it has been logged.")
 SKIPPED_OWN_OUTPUT = "own_output"
 SKIPPED_FOLDER = "folder_marker"
@@ -264,44 +264,58 @@ def classify_items(
     outcomes: list[Outcome] = []
     with ThreadPoolExecutor(max_workers=FETCH_WORKERS) as pool:
         writes: list[Future] = []
-        out_of_time = False
-        tried = 0
-        for item, download in _prefetched(request.items, config, limits, pool):
-            outcome = Outcome(item)
+        downloads = _prefetched(request.items, config, limits, pool)
+        for item, download in downloads:
+            # The first image is always tried, so a short Timeout cannot make a batch that never progresses.
+            if outcomes and remaining_ms is not None and remaining_ms() < SAFETY_MARGIN_MS:
+                if download is not None:
+                    download.cancel()
+                break
+            outcome = _classify_one(item, download, classifier, model_error, config, request.top_k)
             outcomes.append(outcome)
-            skip = _skip_reason(item, config)
-            if skip is not None:
-                outcome.skipped = skip
-                continue
-            out_of_time = out_of_time or (
-                tried > 0 and remaining_ms is not None and remaining_ms() < SAFETY_MARGIN_MS
-            )
-            tried += 1
-            try:
-                if item.problem is not None:
-                    raise item.problem
-                if out_of_time:
-                    raise ServingError(503, "deadline", "The invocation ran out of time before this image.")
-                if model_error is not None:
-                    raise model_error
-                assert classifier is not None and download is not None
-                data, meta = download.result()
-                outcome.etag, outcome.version_id = _unquote(meta.get("etag")), meta.get("version_id")
-                body = classify_bytes(data, classifier, request.top_k)
-                del data
-                outcome.labels, outcome.model = body["predictions"], body["model"]
-            except ServingError as err:
-                _fail(outcome, err)
-            except Exception:
-                get_logger().exception("unhandled error in bulk item", extra={"bucket": item.bucket})
-                _fail(outcome, INTERNAL_ERROR)
             # Temporary failures are retried, so only a final answer is written.
             write = config.results_bucket and not outcome.temporary
-            if item.problem is None and (write or (config.tag_objects and outcome.error is None)):
-                writes.append(pool.submit(_finish, outcome, config, limits))
+            if not outcome.skipped and item.problem is None:
+                if write or (config.tag_objects and outcome.error is None):
+                    writes.append(pool.submit(_finish, outcome, config, limits))
+        downloads.close()  # out of time: the downloads not started yet are cancelled
+        for item in request.items[len(outcomes) :]:
+            outcome = Outcome(item, skipped=_skip_reason(item, config))
+            if not outcome.skipped:
+                _fail(outcome, item.problem or OUT_OF_TIME)
+            outcomes.append(outcome)
         for future in writes:
             future.result()
     return outcomes
+
+
+def _classify_one(
+    item: S3Item,
+    download: Future | None,
+    classifier: Classifier | None,
+    model_error: ServingError | None,
+    config: BulkConfig,
+    top_k: int,
+) -> Outcome:
+    outcome = Outcome(item, skipped=_skip_reason(item, config))
+    if outcome.skipped:
+        return outcome
+    try:
+        if item.problem is not None:
+            raise item.problem
+        if model_error is not None:
+            raise model_error
+        assert classifier is not None and download is not None
+        data, meta = download.result()
+        outcome.etag, outcome.version_id = _unquote(meta.get("etag")), meta.get("version_id")
+        body = classify_bytes(data, classifier, top_k)
+        outcome.labels, outcome.model = body["predictions"], body["model"]
+    except ServingError as err:
+        _fail(outcome, err)
+    except Exception:
+        get_logger().exception("unhandled error in bulk item", extra={"bucket": item.bucket})
+        _fail(outcome, INTERNAL_ERROR)
+    return outcome
 
 
 def _prefetched(
@@ -309,16 +323,22 @@ def _prefetched(
 ) -> Iterator[tuple[S3Item, Future | None]]:
     """``(item, download)`` in order, with at most FETCH_WORKERS downloads ahead of the consumer."""
     queue: deque[tuple[S3Item, Future | None]] = deque()
-    for item in items:
-        wanted = item.problem is None and _skip_reason(item, config) is None
-        download = None
-        if wanted:
-            download = pool.submit(read_s3_object, item.bucket, item.key, limits, version_id=item.version_id)
-        queue.append((item, download))
-        if len(queue) > FETCH_WORKERS:
+    try:
+        for item in items:
+            download = None
+            if item.problem is None and _skip_reason(item, config) is None:
+                download = pool.submit(
+                    read_s3_object, item.bucket, item.key, limits, version_id=item.version_id
+                )
+            queue.append((item, download))
+            if len(queue) > FETCH_WORKERS:
+                yield queue.popleft()
+        while queue:
             yield queue.popleft()
-    while queue:
-        yield queue.popleft()
+    finally:
+        for _item, download in queue:
+            if download is not None:
+                download.cancel()
 
 
 def _skip_reason(item: S3Item, config: BulkConfig) -> str | None:

@@ -19,7 +19,7 @@ import boto3  # boto3 and moto[server] are in the dev extras: a missing one fail
 import pytest
 
 from lambda_function import fetch
-from lambda_function.bulk import MAX_RESULT_STRING_CHARS, RetryLater
+from lambda_function.bulk import FETCH_WORKERS, MAX_RESULT_STRING_CHARS, RetryLater
 from lambda_function.classifier import Classifier
 from lambda_function.fetch import FetchLimits
 from tests.fixtures.images import BLUE, GREEN, RED, solid
@@ -414,19 +414,24 @@ def test_classify_bucket_starts_the_state_machine(s3, s3_endpoint, monkeypatch, 
 
 
 def test_images_the_invocation_has_no_time_for_are_temporary_failures(bulk_app, s3, buckets):
-    for name in ("a", "b", "c"):
-        put(s3, buckets.input, f"{name}.png", solid(RED))
+    keys = [f"late/{i:02d}.png" for i in range(30)]
+    for key in keys:
+        put(s3, buckets.input, key, solid(RED))
+    reads: list[str] = []
+    client = fetch.s3_client(FetchLimits(max_bytes=MAX_BYTES))
+    count = lambda request, **_: reads.append(request.url)  # noqa: E731
+    client.meta.events.register("before-send.s3.GetObject", count)
     almost_out = SimpleNamespace(aws_request_id="req-late", get_remaining_time_in_millis=lambda: 1000)
-    response = bulk_app.lambda_handler(
-        batch_operations("1.0", buckets.input, ["a.png", "b.png", "c.png"]), almost_out
-    )
+    try:
+        response = bulk_app.lambda_handler(batch_operations("1.0", buckets.input, keys), almost_out)
+    finally:
+        client.meta.events.unregister("before-send.s3.GetObject", count)
+    codes = [r["resultCode"] for r in response["results"]]
     # The first image is always tried, so even a short Timeout makes progress on every redrive.
-    assert [r["resultCode"] for r in response["results"]] == [
-        "Succeeded",
-        "TemporaryFailure",
-        "TemporaryFailure",
-    ]
+    assert codes == ["Succeeded"] + ["TemporaryFailure"] * 29
     assert response["results"][1]["resultString"].startswith("deadline: ")
+    # Only the read-ahead window was ever requested, not the 29 images there was no time for.
+    assert len(reads) <= 1 + FETCH_WORKERS + 1
 
 
 @pytest.mark.parametrize("shape", ["notification", "batch-1.0", "batch-2.0", "map"])
