@@ -9,6 +9,10 @@ EXPORT_DIR  ?= artifacts/export
 ARCH        ?= x86_64
 EVENT       ?= events/direct.json
 STACK_NAME  ?= edge-clothing-classifier
+# classify-bucket: the objects to classify; LOCAL=1 runs the Distributed Map's batches here instead.
+BUCKET      ?=
+PREFIX      ?=
+LOCAL       ?=
 
 DEV_VENV     := .venv
 RUNTIME_VENV := .venv-runtime
@@ -22,10 +26,11 @@ SAM_VERSION  ?= 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve bench-bombs clean
+.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve clean \
+	bench-bombs classify-bucket bench-bulk
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 # --- environments (rebuilt only when their requirements change) ---------------------------------
 $(RUNTIME_VENV)/.installed: lambda_function/requirements.txt
@@ -98,6 +103,13 @@ bench-serve: $(DEV_VENV)/.installed ## Handler vs bare invoke latency, cold star
 
 bench-bombs: $(DEV_VENV)/.installed ## Hostile inputs through the handler: worst decode CPU and peak RSS per bomb
 	$(DEV_PY) scripts/bench_bombs.py --json build/bench_bombs.json
+
+classify-bucket: $(DEV_VENV)/.installed ## Classify s3://BUCKET/PREFIX: start the stack's Distributed Map (LOCAL=1: here)
+	$(DEV_PY) scripts/classify_bucket.py --bucket "$(BUCKET)" --prefix "$(PREFIX)" --stack $(STACK_NAME) \
+		$(if $(LOCAL),--local)
+
+bench-bulk: $(DEV_VENV)/.installed ## Images/s of one instance on the bulk path: bundled model, 50 test photos, moto S3
+	nice -n 10 $(DEV_PY) scripts/bench_bulk.py --data-dir $(DATA_DIR) --images 50 --json build/bench_bulk.json
 
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
 	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache

@@ -625,14 +625,32 @@ def _read_capped(read: Callable[[int], bytes], max_bytes: int, deadline: float) 
 # --- S3 -------------------------------------------------------------------------------------------
 
 
+class S3ReadError(ServingError):
+    """A ServingError from an S3 call that also keeps what S3 answered: its error code and HTTP status.
+
+    Callers of :func:`fetch` see the same status, code and message as before; bulk.py uses the extra
+    fields to tell a failure a retry can fix (throttling, 5xx, no answer) from one it cannot.
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, s3_code=None, http_status=None):
+        super().__init__(status, code, message)
+        self.s3_code = s3_code
+        self.http_status = http_status
+
+
+def check_s3_location(bucket: object, key: object) -> None:
+    """ServingError(400, "invalid_url") unless ``bucket`` is a bucket name and ``key`` a 1-1024 byte key."""
+    if not isinstance(bucket, str) or not valid_s3_bucket(bucket):
+        raise ServingError(400, "invalid_url", f"{_echo(str(bucket))!r} is not a valid S3 bucket name.")
+    if not isinstance(key, str) or not key or len(key.encode("utf-8", "surrogatepass")) > S3_MAX_KEY_BYTES:
+        raise ServingError(400, "invalid_url", f"The S3 URL needs a key of 1-{S3_MAX_KEY_BYTES} bytes.")
+
+
 def _parse_s3_url(url: str) -> tuple[str, str]:
     # Keys are taken verbatim (as the AWS CLI writes them): "?" and "#" are part of the key.
     rest = url.split("://", 1)[1]
     bucket, _, key = rest.partition("/")
-    if not valid_s3_bucket(bucket):
-        raise ServingError(400, "invalid_url", f"{_echo(bucket)!r} is not a valid S3 bucket name.")
-    if not key or len(key.encode("utf-8")) > S3_MAX_KEY_BYTES:
-        raise ServingError(400, "invalid_url", f"The S3 URL needs a key of 1-{S3_MAX_KEY_BYTES} bytes.")
+    check_s3_location(bucket, key)
     return bucket, key
 
 
@@ -644,6 +662,11 @@ def valid_s3_bucket(name: str) -> bool:
         and S3_IPV4_LIKE.fullmatch(name) is None
         and not name.startswith(S3_RESERVED_PREFIXES)
     )
+
+
+def s3_client(limits: FetchLimits = FetchLimits()):
+    """The container's boto3 S3 client for these timeouts (one attempt per call, see _s3_client)."""
+    return _s3_client(limits.connect_timeout, limits.read_timeout)
 
 
 @lru_cache(maxsize=4)
@@ -667,38 +690,62 @@ def _s3_client(connect_timeout: float, read_timeout: float):
 
 def _fetch_s3(url: str, limits: FetchLimits, deadline: float) -> bytes:
     bucket, key = _parse_s3_url(url)
-    client = _s3_client(limits.connect_timeout, limits.read_timeout)
+    return _read_s3(bucket, key, limits, deadline)[0]
+
+
+def read_s3_object(
+    bucket: str, key: str, limits: FetchLimits = FetchLimits(), *, version_id: str | None = None
+) -> tuple[bytes, dict]:
+    """``(bytes, {"etag", "version_id"})`` of one object, with the same caps and errors as an s3:// URL."""
+    check_s3_location(bucket, key)
+    return _read_s3(bucket, key, limits, time.monotonic() + limits.total_timeout, version_id)
+
+
+def _read_s3(
+    bucket: str, key: str, limits: FetchLimits, deadline: float, version_id: str | None = None
+) -> tuple[bytes, dict]:
+    client = s3_client(limits)
     where = _echo(f"s3://{bucket}/{key}")
+    request = {"Bucket": bucket, "Key": key}
+    if version_id:
+        request["VersionId"] = version_id
     try:
-        response = client.get_object(Bucket=bucket, Key=key)
+        response = client.get_object(**request)
     except Exception as exc:  # botocore raises many types; all are upstream failures
-        raise _s3_error(exc, where) from None
+        raise s3_error(exc, where) from None
     body = response["Body"]
     try:
         length = response.get("ContentLength")
         if isinstance(length, int) and length > limits.max_bytes:
             raise _too_large(limits.max_bytes)
         _check_content_type(response.get("ContentType"))
-        return _read_capped(body.read, limits.max_bytes, deadline)
+        data = _read_capped(body.read, limits.max_bytes, deadline)
+        return data, {"etag": response.get("ETag"), "version_id": response.get("VersionId")}
     except ServingError:
         raise
     except TimeoutError:
         raise ServingError(504, "upstream_timeout", f"Reading {where} took too long.") from None
     except Exception as exc:
-        raise _s3_error(exc, where) from None
+        raise s3_error(exc, where) from None
     finally:
         body.close()
 
 
-def _s3_error(exc: Exception, where: str) -> ServingError:
+def s3_error(exc: Exception, where: str) -> S3ReadError:
+    """An exception from a boto3 S3 call as a ServingError that names ``where`` but no account details."""
     # Only the error code goes back: botocore's messages can name the function's role and account.
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get(
-            "HTTPStatusCode", "unknown error"
+        http_status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = response.get("Error", {}).get("Code") or http_status or "unknown error"
+        return S3ReadError(
+            502,
+            "upstream_error",
+            f"S3 refused {where}: {_echo(str(code))}.",
+            s3_code=str(code),
+            http_status=http_status if isinstance(http_status, int) else None,
         )
-        return ServingError(502, "upstream_error", f"S3 refused {where}: {_echo(str(code))}.")
     name = type(exc).__name__
     if "Timeout" in name:
-        return ServingError(504, "upstream_timeout", f"S3 did not answer in time for {where}.")
-    return ServingError(502, "upstream_error", f"Reading {where} from S3 failed ({name}).")
+        return S3ReadError(504, "upstream_timeout", f"S3 did not answer in time for {where}.")
+    return S3ReadError(502, "upstream_error", f"Reading {where} from S3 failed ({name}).")
