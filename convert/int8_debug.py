@@ -48,7 +48,7 @@ DEBUG_IMAGES = 32
 SENSITIVE_THRESHOLD = 0.7
 # (name, calibration set, settings). Calibration sets: (images, flips).
 CALIBRATIONS = {"c100": (100, False), "c300": (300, False), "c300f": (300, True), "c150f": (150, True)}
-DEFAULT_SWEEP = [  # the sweep behind int8_findings.md (run in two parts there)
+DEFAULT_SWEEP = [  # the sweep behind docs/conversion.md's int8 findings (run in two parts there)
     {"name": "fp32", "kind": "fp32"},
     {"name": "int8 naive (stock converter, 100 imgs)", "kind": "naive", "calibration": "c100"},
     {"name": "int8 100 imgs (calibrate+quantize path)", "calibration": "c100"},

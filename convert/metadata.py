@@ -1,6 +1,6 @@
 """The metadata sidecar ``NAME.json`` written next to every exported ``NAME.tflite`` / ``NAME.onnx``.
 
-The serving code parses this file (labels, input size), so the schema is fixed: see the project notes.
+The serving code parses this file (labels, input size), so the schema is fixed: see docs/conversion.md.
 Pure Python: no TensorFlow here.
 """
 

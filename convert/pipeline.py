@@ -29,7 +29,7 @@ from convert.variants import EXTENSIONS, FORMATS, VARIANTS, file_stem, plan, var
 from lambda_function.classifier import softmax
 
 # 100 training images (stratified by class), no mirrored copies, plain min/max: the best int8
-# validation accuracy measured (int8_findings.md). More images made it worse: with min/max every
+# validation accuracy measured (docs/conversion.md). More images made it worse: with min/max every
 # extra image is a chance for an outlier to widen a range (300 samples: 79.5% vs 89.4%).
 CALIBRATION_IMAGES = 100
 CALIBRATION_FLIPS = False

@@ -20,10 +20,10 @@ from convert.runners import load_runner
 
 LATENCY_RUNS = 30
 WARMUP_RUNS = 3
-# "Within 1 point of Keras" (issue): the accuracy a variant may lose and still be shipped.
+# "Within 1 point of Keras": the accuracy a variant may lose and still be shipped.
 MAX_ACCURACY_DROP = 1.0
-# The bundled model's size budget (issue: "at most ~25 MB"): it keeps the unzipped Lambda artifact
-# (~107 MB of libraries) under 160 MB and the cold start short. fp32 (84 MB) never qualifies.
+# The bundled model's size budget: it keeps the unzipped Lambda artifact (~107 MB of libraries,
+# docs/benchmarks.md) under 160 MB and the cold start short. fp32 (85 MB) never qualifies.
 MAX_INSTALL_MB = 25.0
 INSTALL_DIR = Path(__file__).resolve().parent.parent / "lambda_function" / "model"
 COLUMNS = (

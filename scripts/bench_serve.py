@@ -39,15 +39,12 @@ if str(REPO_ROOT) not in sys.path:
 DEFAULT_MODEL = REPO_ROOT / "lambda_function" / "model" / "model.tflite"
 # A real CC0 photo from the dataset's test split (samples/README.md); else the first test image.
 DEFAULT_IMAGES = (REPO_ROOT / "samples" / "pants.jpg",)
-DATASET_TEST_DIRS = (
-    REPO_ROOT / "data" / "clothing-dataset-small" / "test",
-    Path("/work/shared/data/clothing-dataset-small/test"),
-)
+DATASET_TEST_DIRS = (REPO_ROOT / "data" / "clothing-dataset-small" / "test",)
 DEFAULT_REQUESTS = 1000
 # Requests before the "early" memory reading; they also warm caches and are left out of percentiles.
 EARLY_REQUESTS = 10
 DEFAULT_COLD_RUNS = 5
-# Targets from the issue (2-core machine, int8 model).
+# Targets for the bundled dynamic-range model on a 2-core machine (docs/benchmarks.md).
 TARGET_OVERHEAD = 0.15
 TARGET_COLD_START_S = 0.6
 TARGET_RSS_GROWTH_MB = 10.0
