@@ -57,7 +57,7 @@ class TrainConfig:
     image_size: int = 352  # square input side in pixels (Xception was trained at 299; needs >= 71)
     pooled_blocks: str = "11,12,13,14"  # Xception blocks (2-14) whose pooled outputs are concatenated
     standardize: bool = True  # scale each feature to zero mean, unit variance (inside the head)
-    train_views: int = 1  # views per training image: 1 = the image, 2 = + its h-flip, 3.. = + random shear/zoom/flip
+    train_views: int = 1  # views per image: 1 = the image, 2 = + h-flip, 3.. = + shear/zoom/flip
     epochs: int = 60  # head epochs on cached features (cheap: seconds each)
     batch_size: int = 32  # head training batch size
     learning_rate: float = 1e-3  # Adam learning rate

@@ -22,8 +22,9 @@ import numpy as np
 from keras import layers
 from tqdm import tqdm
 
-from lambda_function.classifier import file_sha256
+from lambda_function.sidecar import file_sha256
 from train.config import FIRST_RESIDUAL_BLOCK, LAST_BLOCK, NO_WEIGHTS
+from train.errors import WeightsError
 
 # Images per LiteRT invoke. Measured on 2 cores (XNNPACK, 299x299): batch 1 and 4 ran at the same
 # speed, so one image per invoke keeps memory small and the tqdm bar smooth.
@@ -31,10 +32,6 @@ LITERT_BATCH = 1
 KERAS_BATCH = 16
 # Bumped whenever the cached bytes would change for the same key (new base, new pooling...).
 CACHE_VERSION = 2
-
-
-class WeightsError(Exception):
-    """The base's weights could not be loaded (no download possible, missing or incompatible file)."""
 
 
 def keras_weights_arg(weights: str) -> str | None:
