@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.classifier import softmax  # the runtime's softmax, so scores match serving
+from lambda_function.jsonfile import JSONFileError, labels_problem, read_json
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -219,7 +220,13 @@ def evaluate_saved_model(
         raise DataError(f"Model file not found: {model_path}")
     if not labels_path.is_file():
         raise DataError(f"labels.json not found next to the model: {labels_path}")
-    labels = json.loads(labels_path.read_text())
+    try:
+        labels = read_json(labels_path, "Labels file")
+    except JSONFileError as exc:
+        raise DataError(str(exc)) from None
+    problem = labels_problem(labels)
+    if problem:
+        raise DataError(f"{labels_path}: {problem}.")
     dataset = discover(data_dir)
     if dataset.class_names != labels:
         raise DataError(f"The data's classes {dataset.class_names} differ from the model's labels {labels}")

@@ -137,16 +137,16 @@ class LiteRTExtractor:
     """Runs an exported extractor with LiteRT (XNNPACK), which is ~3x faster than Keras on 2 cores."""
 
     def __init__(self, tflite_path: str | Path, num_threads: int, batch: int = LITERT_BATCH):
-        from ai_edge_litert.interpreter import Interpreter
+        from lambda_function.classifier import load_interpreter  # the Lambda's, so features match serving
 
-        self.interpreter = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
+        self.interpreter = load_interpreter(tflite_path, num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.batch = batch
         if batch != 1:
             shape = list(self.input["shape"])
             shape[0] = batch
             self.interpreter.resize_tensor_input(self.input["index"], shape)
-        self.interpreter.allocate_tensors()
+            self.interpreter.allocate_tensors()
         output = self.interpreter.get_output_details()[0]
         self.output_index = output["index"]
         self.dim = int(output["shape"][-1])
