@@ -11,9 +11,10 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from convert.errors import SidecarError
+from convert.errors import ModelLoadError, SidecarError
 from convert.variants import VARIANTS, check_variant
 from lambda_function import sidecar as schema
+from lambda_function.jsonfile import JSONFileError, read_json_object
 from lambda_function.sidecar import SCHEMA_VERSION, sidecar_path
 from lambda_function.sidecar import file_sha256 as sha256_file  # one hashing helper for every package
 
@@ -25,6 +26,31 @@ PREPROCESSING = {
 }
 INPUT_RANGE = [0, 255]
 REQUIRED_KEYS = schema.REQUIRED_KEYS
+# Written by ``python -m train`` next to model.keras; the source of the sidecar's "training" record.
+TRAINING_CONFIG = "config.json"
+# The training settings the model card describes the model with (train/config.py names them).
+TRAINING_KEYS = ("image_size", "pooled_blocks", "standardize", "dense_units", "dropout", "train_views")
+
+
+def training_facts(model_path: str | Path) -> dict | None:
+    """What the model card says about training, from the run's config.json next to ``model_path``.
+
+    None when there is no config.json (a model trained elsewhere): the card then says so.
+    """
+    path = Path(model_path).with_name(TRAINING_CONFIG)
+    if not path.is_file():
+        return None
+    try:
+        record = read_json_object(path, "Training config", required=("config",))
+    except JSONFileError as exc:
+        raise ModelLoadError(str(exc)) from None
+    config, data = record["config"], record.get("data") or {}
+    facts = {key: config[key] for key in TRAINING_KEYS if key in config}
+    if data.get("root"):
+        facts["dataset"] = Path(data["root"]).name
+    counts = data.get("counts") or {}
+    facts["images"] = {split: sum(per_class.values()) for split, per_class in counts.items()}
+    return facts
 
 
 def write_sidecar(
@@ -36,6 +62,7 @@ def write_sidecar(
     source_path: str | Path,
     quantization: dict,
     validation: dict | None = None,
+    training: dict | None = None,
 ) -> Path:
     """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path."""
     check_variant(format, variant)
@@ -62,6 +89,8 @@ def write_sidecar(
     }
     if validation is not None:
         meta["validation"] = validation
+    if training is not None:
+        meta["training"] = training
     path = sidecar_path(model_path)
     path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return path

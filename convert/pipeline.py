@@ -12,7 +12,7 @@ from tqdm import tqdm
 from convert import data as datamod
 from convert import report as reportmod
 from convert.errors import ConversionError, UnknownVariantError, ValidationError
-from convert.metadata import sha256_file, write_sidecar
+from convert.metadata import sha256_file, training_facts, write_sidecar
 from convert.onnx import to_onnx_fp32, to_onnx_int8
 from convert.runners import load_runner
 from convert.savedmodel import (
@@ -92,6 +92,7 @@ def run(
         )
     labels = load_labels(options.labels_path or model_path.parent / "labels.json", num_outputs(model))
     size = input_hw(model)
+    training = training_facts(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if datamod.has_split(options.data_dir, options.eval_split):
@@ -144,7 +145,9 @@ def run(
                 vid, runner, keras_probs, images.pixels, targets, tolerance, raise_on_failure=False
             )
             del runner
-            write_sidecar(path, fmt, variant, labels, size, model_path, quantization, result.to_dict())
+            write_sidecar(
+                path, fmt, variant, labels, size, model_path, quantization, result.to_dict(), training
+            )
             bench = reportmod.benchmark(path, images.pixels[0], runs=options.latency_runs)
             rows.append(reportmod.variant_row(vid, path, result.to_dict(), bench))
             models[vid] = path
