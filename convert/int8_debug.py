@@ -42,6 +42,7 @@ from convert.tflite import (
     quantize_calibrated,
 )
 from lambda_function.classifier import softmax
+from lambda_function.jsonfile import JSONFileError, read_json
 
 DEBUG_IMAGES = 32
 # rmse/scale above this marks a layer as quantization-sensitive (TF's debugger guide uses 0.7).
@@ -210,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=SENSITIVE_THRESHOLD)
     args = parser.parse_args(argv)
     try:
-        settings = json.loads(args.settings.read_text()) if args.settings else DEFAULT_SWEEP
+        settings = DEFAULT_SWEEP
+        if args.settings:
+            try:
+                settings = read_json(args.settings, "Settings file")
+            except JSONFileError as exc:
+                raise ConversionError(str(exc)) from None
         sweep(args.model, args.data_dir, args.output_dir, settings, args.split, args.threshold)
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)
