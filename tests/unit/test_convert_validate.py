@@ -11,8 +11,9 @@ import pytest
 
 from convert.data import calibration_batches, list_split, stratified_sample, synthetic_images
 from convert.errors import ConversionError, DataError, SidecarError, UnknownVariantError, ValidationError
+from convert.install import choose_variant, install
 from convert.metadata import write_sidecar
-from convert.report import choose_variant, install, to_markdown
+from convert.report import to_markdown
 from convert.validate import TOLERANCES, check, compare, tolerance_for
 from lambda_function.classifier import softmax
 
