@@ -212,7 +212,8 @@ def evaluate_saved_model(
     import keras
     from tqdm import tqdm
 
-    from train.data import DataError, discover, load_split
+    from train.data import discover, load_split
+    from train.errors import DataError
 
     model_path = Path(model_path)
     labels_path = model_path.with_name("labels.json")
@@ -272,11 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write metrics.json and PNGs (default: MODEL_DIR/evaluation-SPLIT)",
     )
     args = parser.parse_args(argv)
-    from train.data import DataError
+    from train.errors import TrainError
 
     try:
         report = evaluate_saved_model(args.model, args.data_dir, args.split, args.output_dir)
-    except DataError as exc:
+    except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.split} accuracy {report['accuracy']:.4f} on {report['num_images']} images")
