@@ -36,14 +36,23 @@ def benchmark(
     """Load time and single-image latency p50 (ms) of a model file."""
     runner = load_runner(path)
     batch = np.asarray(image, dtype=np.float32)[None]
+    p50 = latency_p50_ms(lambda: runner.predict_logits(batch), runs, warmup)
+    return {"load_ms": runner.load_seconds * 1000.0, "latency_p50_ms": p50}
+
+
+def latency_p50_ms(call, runs: int = LATENCY_RUNS, warmup: int = WARMUP_RUNS) -> float:
+    """Median wall time of ``call()`` in ms over ``runs`` calls, after ``warmup`` untimed ones.
+
+    The one latency measurement of the conversion report and the model card.
+    """
     for _ in range(warmup):
-        runner.predict_logits(batch)
+        call()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        runner.predict_logits(batch)
+        call()
         times.append(time.perf_counter() - start)
-    return {"load_ms": runner.load_seconds * 1000.0, "latency_p50_ms": statistics.median(times) * 1000.0}
+    return statistics.median(times) * 1000.0
 
 
 def variant_row(variant: str, path: str | Path, validation: dict | None, bench: dict | None) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from convert.report import latency_p50_ms  # noqa: E402  (numpy only at import)
 from lambda_function.classifier import Classifier  # noqa: E402
 from lambda_function.errors import ServingError  # noqa: E402
 from lambda_function.preprocess import load_image_file  # noqa: E402
@@ -52,14 +52,7 @@ def measure(model_path: Path, data_dir: Path) -> dict:
         logits.append(np.log(np.clip(probs, 1e-12, None)))  # softmax(log p) == p
     metrics = compute_metrics(np.array(logits), targets, list(classifier.labels))
     pixels = load_image_file(paths[0], classifier.input_size)
-    for _ in range(WARMUP_RUNS):
-        classifier.predict(pixels)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        started = time.perf_counter()
-        classifier.predict(pixels)
-        times.append((time.perf_counter() - started) * 1000)
-    metrics["latency_p50_ms"] = float(np.median(times))
+    metrics["latency_p50_ms"] = latency_p50_ms(lambda: classifier.predict(pixels), LATENCY_RUNS, WARMUP_RUNS)
     # Other work on the machine moves this figure more than anything in the model: say how busy it was.
     metrics["load_average"] = os.getloadavg()[0]
     metrics["cpus"] = os.cpu_count()
