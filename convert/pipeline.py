@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from convert import data as datamod
@@ -73,10 +75,10 @@ class Shared:
     labels: list[str]
     size: tuple[int, int]
     images: datamod.ImageSet  # the evaluation images (a real split, or synthetic ones)
-    keras_probs: object  # numpy (N, classes): the Keras model's probabilities on ``images``
-    targets: object  # numpy (N,) true classes, or None for synthetic images
+    keras_probs: np.ndarray  # (N, classes): the Keras model's probabilities on ``images``
+    targets: np.ndarray | None  # (N,) true classes, or None for synthetic images
     keras_accuracy: float | None
-    representative: object = None  # calibration generator, when an int8 variant is planned
+    representative: Callable | None = None  # calibration generator, when an int8 variant is planned
     calibration_info: dict = field(default_factory=dict)
     training: dict | None = None  # facts for the model card, from the training run's config.json
 
