@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.errors import ServingError
-from lambda_function.sidecar import SidecarProblem, check_model_file
+from lambda_function.sidecar import (
+    SidecarProblem,
+    check_model_file,
+    file_sha256,  # noqa: F401 - re-exported: its home until sidecar.py
+)
 from lambda_function.sidecar import read_sidecar as read_checked_sidecar
 
 # The model bundled with the function; env MODEL_PATH overrides it (read by the handler and the CLI).
