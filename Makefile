@@ -26,7 +26,7 @@ SAM_VERSION  ?= 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve clean \
+.PHONY: help demo test lint format data train evaluate convert model-card build invoke deploy bench bench-serve clean \
 	bench-bombs classify-bucket bench-bulk
 
 help: ## List the targets
@@ -81,6 +81,9 @@ evaluate: $(DEV_VENV)/.installed ## Re-evaluate TRAIN_DIR/model.keras on the tes
 
 convert: $(DEV_VENV)/.installed ## Export TFLite/ONNX variants, validate, report, install the best in lambda_function/model
 	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto
+
+model-card: $(RUNTIME_VENV)/.installed ## Measure the bundled model on DATA_DIR's test split -> lambda_function/model/MODEL_CARD.md
+	$(RUNTIME_PY) scripts/model_card.py --data-dir $(DATA_DIR)
 
 build: $(SAM_VENV)/.installed ## sam build (makefile builder, no Docker) for ARCH -> .aws-sam/build
 	ARCH=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)

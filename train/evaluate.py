@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.classifier import softmax  # the runtime's softmax, so scores match serving
+from lambda_function.jsonfile import JSONFileError, labels_problem, read_json
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -211,7 +212,8 @@ def evaluate_saved_model(
     import keras
     from tqdm import tqdm
 
-    from train.data import DataError, discover, load_split
+    from train.data import discover, load_split
+    from train.errors import DataError
 
     model_path = Path(model_path)
     labels_path = model_path.with_name("labels.json")
@@ -219,7 +221,13 @@ def evaluate_saved_model(
         raise DataError(f"Model file not found: {model_path}")
     if not labels_path.is_file():
         raise DataError(f"labels.json not found next to the model: {labels_path}")
-    labels = json.loads(labels_path.read_text())
+    try:
+        labels = read_json(labels_path, "Labels file")
+    except JSONFileError as exc:
+        raise DataError(str(exc)) from None
+    problem = labels_problem(labels)
+    if problem:
+        raise DataError(f"{labels_path}: {problem}.")
     dataset = discover(data_dir)
     if dataset.class_names != labels:
         raise DataError(f"The data's classes {dataset.class_names} differ from the model's labels {labels}")
@@ -265,11 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write metrics.json and PNGs (default: MODEL_DIR/evaluation-SPLIT)",
     )
     args = parser.parse_args(argv)
-    from train.data import DataError
+    from train.errors import TrainError
 
     try:
         report = evaluate_saved_model(args.model, args.data_dir, args.split, args.output_dir)
-    except DataError as exc:
+    except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{args.split} accuracy {report['accuracy']:.4f} on {report['num_images']} images")

@@ -17,7 +17,6 @@ import sys
 import threading
 import tracemalloc
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -26,6 +25,7 @@ from lambda_function import fetch as fetch_mod
 from lambda_function.errors import ServingError
 from lambda_function.fetch import FetchLimits, allowed_hosts_from_env, check_address, fetch
 from lambda_function.preprocess import preprocess
+from scripts import loopback
 
 LIMITS = FetchLimits(max_bytes=100_000, connect_timeout=2.0, read_timeout=2.0, total_timeout=4.0)
 # For stall and drip servers: small enough to keep the suite fast, large enough for loopback.
@@ -100,23 +100,15 @@ class LoopbackServer:
         self.stop = threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(loopback.QuietHandler):
             def do_GET(self):
                 server.requests.append((self.path, dict(self.headers)))
                 route = server.routes.get(self.path, reply(b"no route", status=404))
                 route(self, server)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # clients hang up on purpose here
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        # Clients hang up on purpose here: quiet_errors keeps their broken pipes out of the output.
+        self._server = loopback.LoopbackServer(Handler, tls=tls, quiet_errors=True)
+        self.port = self._server.port
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -127,9 +119,7 @@ class LoopbackServer:
 
     def close(self) -> None:
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self._server.close()
 
 
 @pytest.fixture
