@@ -54,9 +54,9 @@ class ModelInfo:
 
     name: str = "Clothing classifier"
     description: str = (
-        "Classifies a photo of one garment by clothing type (labels.txt lists them). Xception transfer learning; "
-        "the input is the whole photo resized to the model's size without keeping the aspect ratio "
-        "(no crop), RGB 0-255; the output is one probability per label."
+        "Classifies a photo of one garment by clothing type (labels.txt lists them). Xception "
+        "transfer learning; the input is the whole photo resized to the model's size without "
+        "keeping the aspect ratio (no crop), RGB 0-255; the output is one probability per label."
     )
     version: str = ""
     author: str = "The edge-clothing-classifier contributors"
