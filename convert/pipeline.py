@@ -53,6 +53,7 @@ class ConvertOptions:
     int8_options: dict = field(default_factory=dict)
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # overrides per variant id
     latency_runs: int = reportmod.LATENCY_RUNS
+    ondevice: bool = True  # also write tflite_ondevice.tflite (convert.ondevice) from the installed variant
 
 
 @dataclass
@@ -172,6 +173,14 @@ def run(
     elif options.install != "no":
         choice = _install_target(options.install, pairs)
     extra["install"] = choice
+    if choice and options.ondevice:
+        from convert import ondevice
+
+        row, failure = ondevice.build_variant(
+            models[choice], output_dir, keras_probs, images.pixels, targets, options.latency_runs
+        )
+        rows.append(row)
+        failures += [failure] if failure else []
     report_paths = reportmod.write_report(rows, output_dir, extra)
     if choice_error is not None:
         raise choice_error
