@@ -46,6 +46,7 @@ MIN_PARSER_VERSION = "1.0.0"
 # floats: normalisation (x - 0) / 1.
 NORM_MEAN, NORM_STD = 0.0, 1.0
 SOFTMAX_OUTPUT_NAME = "probabilities"
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,8 @@ def add_metadata(model: bytes, labels: list[str], info: ModelInfo | None = None)
     out = io.BytesIO(_pack(model_t))
     out.seek(0, io.SEEK_END)
     with zipfile.ZipFile(out, "a") as archive:
-        archive.writestr(LABELS_FILE, "\n".join(labels))
+        # A fixed timestamp: the same model and labels always give the same bytes (and sha256).
+        archive.writestr(zipfile.ZipInfo(LABELS_FILE, date_time=ZIP_DATE), "\n".join(labels))
     return out.getvalue()
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from convert.data import list_split
+from convert.data import list_split, stratified_sample
 from lambda_function.classifier import Classifier
 from lambda_function.preprocess import BACKGROUND, decode_image, resize_image
 
@@ -74,7 +74,7 @@ def mediapipe_probs(classifier, pixels: np.ndarray, labels: tuple[str, ...]) -> 
 
 def evaluate(ondevice: Path, cli_model: Path, data_dir: Path, split: str, limit: int | None) -> dict:
     cli = Classifier.from_path(cli_model)
-    items = list_split(data_dir, split, list(cli.labels))[:limit]
+    items = stratified_sample(list_split(data_dir, split, list(cli.labels)), limit)
     cli_probs, targets = [], []
     probs: dict[str, list] = {name: [] for name in FRAMINGS}
     seconds: dict[str, float] = dict.fromkeys(FRAMINGS, 0.0)
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli-model", type=Path, default=Path("lambda_function/model/model.tflite"))
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--limit", type=int, help="first N images only (a quick look)")
+    parser.add_argument("--limit", type=int, help="N images, classes interleaved (a quick look)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     result = evaluate(args.ondevice, args.cli_model, args.data_dir, args.split, args.limit)

@@ -38,6 +38,7 @@ async function loadModel() {
   loadMs = performance.now() - start;
   setState("ready", "Ready: drop or pick a photo.");
   $("timing").textContent = `Model loaded in ${loadMs.toFixed(0)} ms.`;
+  $("timing").dataset.loadMs = String(loadMs);
 }
 
 function frame(bitmap) {

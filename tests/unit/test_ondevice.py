@@ -89,6 +89,11 @@ def test_metadata_names_labels_normalisation_and_version(tiny_model_path, ondevi
     assert meta["author"] and meta["license"] and meta["name"]
 
 
+def test_the_same_source_always_gives_the_same_file(tmp_path, tiny_model_path, ondevice_path):
+    again = ondevice.make_ondevice(tiny_model_path, tmp_path / "again.tflite")
+    assert again.read_bytes() == ondevice_path.read_bytes()
+
+
 def test_our_cli_runtime_serves_the_ondevice_file_with_the_same_scores(tiny_classifier, ondevice_path):
     on_device = Classifier.from_path(ondevice_path, num_threads=1)
     assert on_device.meta["output"] == "probabilities"
