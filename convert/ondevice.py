@@ -6,7 +6,7 @@ the output tensor as scores. Our served model keeps them in a JSON sidecar and o
 module derives from any of our TFLite files (e.g. the bundled one) a file that:
 
 1. ends in a SOFTMAX op appended at the flatbuffer level (no Keras model needed; the logits tensor
-   feeds it), so the scores are probabilities;
+   feeds it), so the scores are probabilities, and has a fixed batch of one;
 2. carries the metadata MediaPipe's own ``image_classifier.MetadataWriter`` writes (the same tables,
    checked field by field against mediapipe 0.10.21's writer, see docs/on-device.md), plus name,
    version, author and licence, and ``labels.txt`` zipped onto the end of the file.
@@ -113,7 +113,7 @@ def _opcode(model_t, builtin: int) -> int:
 
 
 def append_softmax(model: bytes) -> bytes:
-    """The same model with ``SOFTMAX(logits)`` as its only output (float32, same shape)."""
+    """The same model with ``SOFTMAX(logits)`` as its only output (float32, same shape), batch 1."""
     tfl_fb, _ = _schemas()
     model_t = _load(model)
     if len(model_t.subgraphs) != 1 or len(model_t.subgraphs[0].outputs) != 1:
@@ -131,8 +131,6 @@ def append_softmax(model: bytes) -> bytes:
     model_t.buffers.append(buffer)
     probs = tfl_fb.TensorT()
     probs.shape = np.array(logits.shape, dtype=np.int32)
-    if logits.shapeSignature is not None:
-        probs.shapeSignature = np.array(logits.shapeSignature, dtype=np.int32)
     probs.type = tfl_fb.TensorType.FLOAT32
     probs.buffer = len(model_t.buffers) - 1
     probs.name = SOFTMAX_OUTPUT_NAME.encode()
@@ -153,7 +151,21 @@ def append_softmax(model: bytes) -> bytes:
         for output in signature.outputs or []:
             if output.tensorIndex == logits_index:
                 output.tensorIndex = probs_index
+    _fix_batch_of_one(graph)
     return _pack(model_t)
+
+
+def _fix_batch_of_one(graph) -> None:
+    """Drop the dynamic batch (-1) from the shape signatures: a device classifies one image at a time.
+
+    The converter marks the batch dimension as dynamic; MediaPipe ignores that, but LiteRT.js refuses
+    a [1, H, W, 3] input for a model whose signature says [-1, H, W, 3]. Without a signature the
+    shape is the static [1, ...] one; LiteRT's Python interpreter can still resize it (validation).
+    """
+    for tensor in graph.tensors:
+        signature = tensor.shapeSignature
+        if signature is not None and len(signature) and signature[0] == -1:
+            tensor.shapeSignature = None
 
 
 def _metadata_buffer(model_t, labels: list[str], info: ModelInfo) -> bytes:

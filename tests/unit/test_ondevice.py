@@ -75,6 +75,9 @@ def test_the_appended_softmax_computes_our_softmax_of_the_logits(tiny_model_path
             outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0])
         np.testing.assert_allclose(outputs[1], softmax(outputs[0]), atol=1e-6)
     assert probs_model.get_signature_list()["serving_default"]["outputs"] == ["output_0"]
+    # Batch fixed to one (LiteRT.js refuses a -1 batch in the signature); the source had -1.
+    assert list(probs_model.get_input_details()[0]["shape_signature"]) == [1, TINY_SIZE, TINY_SIZE, 3]
+    assert list(logits_model.get_input_details()[0]["shape_signature"])[0] == -1
 
 
 def test_metadata_names_labels_normalisation_and_version(tiny_model_path, ondevice_path):
