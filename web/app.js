@@ -108,7 +108,9 @@ async function classifyFile(file) {
 
 const drop = $("drop");
 $("file").addEventListener("change", (event) => {
-  if (event.target.files.length) classifyFile(event.target.files[0]);
+  const file = event.target.files[0];
+  event.target.value = ""; // so that picking the same photo again classifies it again
+  if (file) classifyFile(file);
 });
 drop.addEventListener("dragover", (event) => {
   event.preventDefault();
