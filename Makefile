@@ -122,8 +122,9 @@ web: $(WEB_MODEL) web/node_modules/.installed ## Serve the in-browser classifier
 test-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web ## The page in headless Chromium
 	REQUIRE_WEB=1 $(DEV_PY) -m pytest tests/web -q
 
-bench-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web ## Page load/latency, PNG
-	$(DEV_PY) -m scripts.bench_web --json build/web/bench.json --screenshot build/web/screenshot.png
+bench-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web ## The page in Chromium: load, time/photo, CLI agreement, PNG
+	$(DEV_PY) -m scripts.bench_web --data-dir $(DATA_DIR) --limit 50 \
+		--json build/web/bench.json --screenshot build/web/screenshot.png
 
 eval-ondevice: $(WEB_MODEL) ## MediaPipe's ImageClassifier vs our CLI on the test split (~10 min)
 	nice -n 10 $(DEV_PY) scripts/eval_ondevice.py --ondevice $(WEB_MODEL) --data-dir $(DATA_DIR) \

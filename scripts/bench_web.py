@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from convert.data import list_split, stratified_sample
+from convert.data import has_split, list_split, stratified_sample
 from lambda_function.classifier import Classifier
 from lambda_function.preprocess import preprocess
 from scripts import web_page
@@ -30,8 +30,10 @@ FRAMINGS = ("page", "mediapipe")
 
 def photos(data_dir: Path | None, split: str, limit: int | None, labels: list[str]) -> list[Path]:
     files = sorted((REPO / "samples").glob("*.jpg"))
-    if data_dir is not None:
+    if has_split(data_dir, split):
         files += [path for path, _ in stratified_sample(list_split(data_dir, split, labels), limit)]
+    elif data_dir is not None:
+        print(f"note: no {split} split under {data_dir}; samples/ only")
     return files
 
 
