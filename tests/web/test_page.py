@@ -30,13 +30,17 @@ def _missing() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def web_parts():
     missing = _missing()
     if missing:
         message = "the page's parts are missing: " + ", ".join(missing) + " (make test-web installs them)"
         if os.environ.get("REQUIRE_WEB"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser(web_parts):
     with web_page.browser() as instance:
         yield instance
 
@@ -110,7 +114,7 @@ def test_nothing_leaves_the_device(page, site):
     assert not others
 
 
-def test_served_types_let_the_browser_compile_wasm_and_modules(site):
+def test_served_types_let_the_browser_compile_wasm_and_modules(web_parts, site):
     import urllib.request
 
     wasm = "node_modules/@mediapipe/tasks-vision/wasm/vision_wasm_internal.wasm"
