@@ -13,6 +13,7 @@ STACK_NAME  ?= edge-clothing-classifier
 BUCKET      ?=
 PREFIX      ?=
 LOCAL       ?=
+WEB_PORT    ?= 8000
 
 DEV_VENV     := .venv
 RUNTIME_VENV := .venv-runtime
@@ -27,7 +28,7 @@ export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint format data train evaluate convert model-card build invoke deploy bench bench-serve clean \
-	bench-bombs classify-bucket bench-bulk
+	bench-bombs classify-bucket bench-bulk ondevice web test-web bench-web eval-ondevice
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -114,6 +115,38 @@ classify-bucket: $(DEV_VENV)/.installed ## Classify s3://BUCKET/PREFIX: start th
 bench-bulk: $(DEV_VENV)/.installed ## Images/s of one instance on the bulk path: bundled model, 50 test photos, moto S3
 	nice -n 10 $(DEV_PY) scripts/bench_bulk.py --data-dir $(DATA_DIR) --images 50 --json build/bench_bulk.json
 
+# --- on a device: MediaPipe-ready model, in-browser page (docs/on-device.md) ---------------------
+WEB_MODEL := web/model/model.tflite
+# The on-device variant of the bundled model (softmax + TFLite Model Metadata), built, not committed.
+$(WEB_MODEL): lambda_function/model/model.tflite lambda_function/model/model.json | $(DEV_VENV)/.installed
+	$(DEV_PY) -m convert.ondevice lambda_function/model/model.tflite $@
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+# Playwright drives Debian's Chromium (apt, once); it never downloads a browser of its own.
+$(DEV_VENV)/.installed-web: $(DEV_VENV)/.installed
+	$(DEV_PY) -m pip install -q -e ".[dev,web]"
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	touch $@
+
+ondevice: $(WEB_MODEL) ## On-device variant of the bundled model (MediaPipe ImageClassifier-ready) -> web/model/
+
+web: $(WEB_MODEL) web/node_modules/.installed ## Serve the in-browser classifier on http://127.0.0.1:WEB_PORT
+	$(DEV_PY) -m scripts.web_page --port $(WEB_PORT)
+
+test-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web ## The page in headless Chromium
+	REQUIRE_WEB=1 $(DEV_PY) -m pytest tests/web -q
+
+bench-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web ## The page in Chromium: load, time/photo, CLI agreement, PNG
+	$(DEV_PY) -m scripts.bench_web --data-dir $(DATA_DIR) --limit 50 \
+		--json build/web/bench.json --screenshot build/web/screenshot.png
+
+eval-ondevice: $(WEB_MODEL) ## MediaPipe's ImageClassifier vs our CLI on the test split (~10 min)
+	nice -n 10 $(DEV_PY) scripts/eval_ondevice.py --ondevice $(WEB_MODEL) --data-dir $(DATA_DIR) \
+		--split test --json build/ondevice_eval.json
+
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
-	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache
+	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache web/node_modules web/model
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

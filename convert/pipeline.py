@@ -65,6 +65,7 @@ class ConvertOptions:
     int8_options: dict = field(default_factory=dict)
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # overrides per variant id
     latency_runs: int = reportmod.LATENCY_RUNS
+    ondevice: bool = True  # also write tflite_ondevice.tflite (convert.ondevice) from the installed variant
 
 
 @dataclass
@@ -202,8 +203,13 @@ def report_and_install(
     shared: Shared,
     options: ConvertOptions,
     output_dir: Path,
+    failures: list[ValidationError],
 ) -> tuple[dict[str, Path], Path | None]:
-    """Write report.{md,json,png}, choose the variant to ship (``--install``), install it."""
+    """Write report.{md,json,png}, choose the variant to ship (``--install``), install it.
+
+    With ``options.ondevice`` the chosen variant also gets its on-device twin (convert.ondevice), whose
+    row joins the report and whose validation failure, if any, joins ``failures``.
+    """
     extra = {
         "model": str(shared.model_path),
         "model_sha256": sha256_file(shared.model_path),
@@ -221,6 +227,20 @@ def report_and_install(
     elif options.install != "no":
         choice = installmod.named_target(options.install, pairs)
     extra["install"] = choice
+    if choice and options.ondevice:
+        from convert import ondevice
+
+        row, failure = ondevice.build_variant(
+            models[choice],
+            output_dir,
+            shared.keras_probs,
+            shared.images.pixels,
+            shared.targets,
+            options.latency_runs,
+        )
+        rows.append(row)
+        if failure is not None:
+            failures.append(failure)
     report_paths = reportmod.write_report(rows, output_dir, extra)
     if choice_error is not None:
         raise choice_error  # after the report, so the user can see why nothing qualified
@@ -254,5 +274,5 @@ def run(
                 failures.append(failure)
         shutil.rmtree(saved_model, ignore_errors=True)
 
-    report_paths, installed = report_and_install(rows, models, pairs, shared, options, output_dir)
+    report_paths, installed = report_and_install(rows, models, pairs, shared, options, output_dir, failures)
     return ConvertResult(rows, models, failures, report_paths, installed)

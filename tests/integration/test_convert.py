@@ -225,6 +225,27 @@ def test_failed_variant_is_reported_and_not_installable(keras_model_path, data_d
     assert not (tmp_path / "dest" / "model.tflite").exists()
 
 
+def test_installing_also_writes_the_ondevice_variant(keras_model_path, data_dir, tmp_path):
+    pytest.importorskip("mediapipe")
+    from convert.ondevice import FILE_NAME, read_metadata
+
+    options = ConvertOptions(
+        formats=("tflite",),
+        variants=("fp32",),
+        data_dir=data_dir,
+        latency_runs=1,
+        install="fp32",
+        install_dir=tmp_path / "installed",
+    )
+    result = run(keras_model_path, tmp_path / "out", options)
+    assert not result.failures
+    row = next(r for r in result.rows if r["variant"] == "tflite-ondevice")
+    assert row["passed"] and row["top1_agreement"] == 1.0 and row["max_abs_diff"] < 1e-4
+    assert read_metadata((tmp_path / "out" / FILE_NAME).read_bytes())["labels"] == LABELS
+    # The Lambda keeps its logits model.
+    assert read_sidecar(result.installed)["output"] == "logits"
+
+
 def test_missing_model_file(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         run(tmp_path / "nope.keras", tmp_path / "out", ConvertOptions(variants=("fp32",)))
