@@ -8,6 +8,8 @@ TRAIN_DIR   ?= artifacts/train
 EXPORT_DIR  ?= artifacts/export
 ARCH        ?= x86_64
 EVENT       ?= events/direct.json
+# make invoke without Docker: URLs in EVENT are served from this folder on loopback (empty: the real URLs).
+SAMPLES     ?= samples
 STACK_NAME  ?= edge-clothing-classifier
 
 DEV_VENV     := .venv
@@ -22,7 +24,7 @@ SAM_VERSION  ?= 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve clean
+.PHONY: help demo test lint format data train evaluate convert build invoke invoke-local deploy bench bench-serve clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -81,8 +83,18 @@ build: $(SAM_VENV)/.installed ## sam build (makefile builder, no Docker) for ARC
 	ARCH=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)
 	@du -sh .aws-sam/build/ClassifierFunction | awk '{print "unzipped artifact: " $$1}'
 
-invoke: ## sam local invoke -e EVENT (needs Docker)
-	$(SAM) local invoke ClassifierFunction -e $(EVENT)
+invoke: ## Run EVENT through the function: sam local invoke if Docker answers, else invoke-local
+	@if docker info >/dev/null 2>&1; then \
+		echo "make invoke: Docker answers: sam local invoke"; \
+		$(SAM) local invoke ClassifierFunction -e $(EVENT); \
+	else \
+		echo "make invoke: no Docker: the artifact under awslambdaric on a loopback Runtime API (make invoke-local)"; \
+		$(MAKE) --no-print-directory invoke-local EVENT=$(EVENT) SAMPLES=$(SAMPLES); \
+	fi
+
+invoke-local: $(DEV_VENV)/.installed ## EVENT through awslambdaric + a loopback Runtime API, read-only task root (no Docker)
+	$(DEV_PY) scripts/build_artifact.py --platform local --out build/artifact
+	$(DEV_PY) scripts/local_runtime.py build/artifact $(EVENT) $(if $(SAMPLES),--samples $(SAMPLES))
 
 deploy: ## sam deploy --guided
 	$(SAM) deploy --guided --stack-name $(STACK_NAME) --parameter-overrides Architecture=$(ARCH)
