@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from scripts.local_runtime import LocalLambda, SampleServer, can_use_mount_namespace, read_function_config
+from tests.fixtures.emf import parse_emf
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = sorted((REPO / "events").glob("*.json"))
@@ -105,6 +106,8 @@ def test_handler_and_environment_come_from_the_template():
     assert config.runtime.startswith("python3.")
     assert "NUM_THREADS" in config.environment and "LOG_LEVEL" in config.environment
     assert "FETCH_ALLOWED_HOSTS" not in config.environment and "MODEL_PATH" not in config.environment
+    # Lambda writes the JSON log lines itself (with its request id); INFO lets the request line through.
+    assert config.log_format == "JSON" and config.log_level == "INFO"
 
 
 @pytest.mark.skipif(not BUNDLED_MODEL.is_file(), reason="no bundled model (lambda_function/model/)")
@@ -117,10 +120,17 @@ def test_every_event_runs_through_the_runtime_interface_client(artifact, samples
             result = function.invoke(event)
 
             assert result.status == "ok", (path.name, result)
-            # The same request id reaches the handler (context) and is logged on the request line.
+            # The same request id reaches the handler (context) and the runtime's JSON log line, which
+            # carries our fields and the CloudWatch metrics block.
             request_lines = [r for r in result.log_records() if r.get("message") == "request"]
             assert len(request_lines) == 1, (path.name, result.logs)
-            assert request_lines[0]["request_id"] == result.request_id
+            line = request_lines[0]
+            assert line["requestId"] == line["request_id"] == result.request_id
+            assert line["level"] == "INFO" and line["logger"] == "lambda_function"
+            metrics = parse_emf(line)
+            assert (
+                metrics[("Requests", (("EventKind", line["kind"]), ("StatusCode", str(line["status"]))))] == 1
+            )
             local_urls = [u for u in urls_in(event) if u.startswith(f"http://{samples.host}/")]
             if not local_urls:
                 continue  # an event that names no URL (nothing to point at the samples)
