@@ -24,10 +24,11 @@ SAM_VERSION  ?= 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format data train evaluate convert build invoke invoke-local deploy bench bench-serve clean
+.PHONY: help demo test lint format data train evaluate convert build invoke invoke-local deploy bench bench-serve \
+	check-arm64 clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 # --- environments (rebuilt only when their requirements change) ---------------------------------
 $(RUNTIME_VENV)/.installed: lambda_function/requirements.txt
@@ -107,6 +108,23 @@ bench-serve: $(DEV_VENV)/.installed ## Handler vs bare invoke latency, cold star
 	$(DEV_PY) scripts/build_artifact.py --platform local --out build/artifact
 	$(DEV_PY) scripts/bench_serve.py --model lambda_function/model/model.tflite --artifact build/artifact \
 		--requests 1000 --json build/bench_serve.json
+
+# --- arm64 under emulation (slow; not part of make test) -----------------------------------------
+ARM64_ROOT     ?= build/arm64-root
+ARM64_ARTIFACT ?= build/arm64-artifact
+# Debian bookworm's Python, for which the arm64 artifact is built here (Lambda's is 3.12).
+ARM64_PYTHON   ?= 3.11
+
+check-arm64: $(DEV_VENV)/.installed ## Slow, needs root: arm64 artifact under qemu classifies samples/ (CPU files shown, hidden)
+	@command -v qemu-aarch64-static >/dev/null && command -v mmdebstrap >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq qemu-user-static mmdebstrap; }
+	@test -x $(ARM64_ROOT)/usr/bin/python$(ARM64_PYTHON) || { rm -rf $(ARM64_ROOT) && \
+		mmdebstrap --mode=root --arch=arm64 --variant=extract \
+		--include=python$(ARM64_PYTHON),libpython$(ARM64_PYTHON)-stdlib,libstdc++6 bookworm $(ARM64_ROOT); }
+	$(DEV_PY) scripts/build_artifact.py --platform lambda --arch arm64 --python-version $(ARM64_PYTHON) \
+		--out $(ARM64_ARTIFACT)
+	nice -n 10 $(DEV_PY) scripts/check_arm64.py --root $(ARM64_ROOT) --artifact $(ARM64_ARTIFACT) --samples samples \
+		--json build/check_arm64.json
 
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
 	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache
