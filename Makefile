@@ -8,6 +8,8 @@ TRAIN_DIR   ?= artifacts/train
 EXPORT_DIR  ?= artifacts/export
 ARCH        ?= x86_64
 EVENT       ?= events/direct.json
+# make invoke without Docker: URLs in EVENT are served from this folder on loopback (empty: the real URLs).
+SAMPLES     ?= samples
 STACK_NAME  ?= edge-clothing-classifier
 # classify-bucket: the objects to classify; LOCAL=1 runs the Distributed Map's batches here instead.
 BUCKET      ?=
@@ -27,11 +29,11 @@ SAM_VERSION  ?= 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format data train evaluate convert model-card build invoke deploy bench bench-serve clean \
-	bench-bombs classify-bucket bench-bulk ondevice web test-web bench-web eval-ondevice
+.PHONY: help demo test lint format data train evaluate convert model-card build invoke invoke-local deploy bench \
+	bench-serve clean bench-bombs classify-bucket bench-bulk ondevice web test-web bench-web eval-ondevice check-arm64
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 # --- environments (rebuilt only when their requirements change) ---------------------------------
 $(RUNTIME_VENV)/.installed: lambda_function/requirements.txt
@@ -90,8 +92,18 @@ build: $(SAM_VENV)/.installed ## sam build (makefile builder, no Docker) for ARC
 	ARCH=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)
 	@du -sh .aws-sam/build/ClassifierFunction | awk '{print "unzipped artifact: " $$1}'
 
-invoke: ## sam local invoke -e EVENT (needs Docker)
-	$(SAM) local invoke ClassifierFunction -e $(EVENT)
+invoke: ## Run EVENT through the function: sam local invoke if Docker answers, else invoke-local
+	@if docker info >/dev/null 2>&1; then \
+		echo "make invoke: Docker answers: sam local invoke"; \
+		$(SAM) local invoke ClassifierFunction -e $(EVENT); \
+	else \
+		echo "make invoke: no Docker: the artifact under awslambdaric on a loopback Runtime API (make invoke-local)"; \
+		$(MAKE) --no-print-directory invoke-local EVENT=$(EVENT) SAMPLES=$(SAMPLES); \
+	fi
+
+invoke-local: $(DEV_VENV)/.installed ## EVENT through awslambdaric + a loopback Runtime API, read-only task root (no Docker)
+	$(DEV_PY) scripts/build_artifact.py --platform local --out build/artifact
+	$(DEV_PY) scripts/local_runtime.py build/artifact $(EVENT) $(if $(SAMPLES),--samples $(SAMPLES))
 
 deploy: ## sam deploy --guided
 	$(SAM) deploy --guided --stack-name $(STACK_NAME) --parameter-overrides Architecture=$(ARCH)
@@ -146,6 +158,23 @@ bench-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web #
 eval-ondevice: $(WEB_MODEL) ## MediaPipe's ImageClassifier vs our CLI on the test split (~10 min)
 	nice -n 10 $(DEV_PY) scripts/eval_ondevice.py --ondevice $(WEB_MODEL) --data-dir $(DATA_DIR) \
 		--split test --json build/ondevice_eval.json
+
+# --- arm64 under emulation (slow; not part of make test) -----------------------------------------
+ARM64_ROOT     ?= build/arm64-root
+ARM64_ARTIFACT ?= build/arm64-artifact
+# Debian bookworm's Python, for which the arm64 artifact is built here (Lambda's is 3.12).
+ARM64_PYTHON   ?= 3.11
+
+check-arm64: $(DEV_VENV)/.installed ## Slow, needs root: arm64 artifact under qemu classifies samples/ (CPU files shown, hidden)
+	@command -v qemu-aarch64-static >/dev/null && command -v mmdebstrap >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq qemu-user-static mmdebstrap; }
+	@test -x $(ARM64_ROOT)/usr/bin/python$(ARM64_PYTHON) || { rm -rf $(ARM64_ROOT) && \
+		mmdebstrap --mode=root --arch=arm64 --variant=extract \
+		--include=python$(ARM64_PYTHON),libpython$(ARM64_PYTHON)-stdlib,libstdc++6 bookworm $(ARM64_ROOT); }
+	$(DEV_PY) scripts/build_artifact.py --platform lambda --arch arm64 --python-version $(ARM64_PYTHON) \
+		--out $(ARM64_ARTIFACT)
+	nice -n 10 $(DEV_PY) scripts/check_arm64.py --root $(ARM64_ROOT) --artifact $(ARM64_ARTIFACT) --samples samples \
+		--json build/check_arm64.json
 
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
 	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache web/node_modules web/model

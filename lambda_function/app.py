@@ -20,6 +20,7 @@ from lambda_function.classifier import DEFAULT_MODEL_PATH, Classifier
 from lambda_function.errors import ServingError
 from lambda_function.events import BULK_KINDS, event_kind, parse_event, respond
 from lambda_function.logging_json import get_logger
+from lambda_function.metrics import request_metrics
 from lambda_function.service import DEFAULT_LIMITS, classify_bytes, classify_url, fetch_timed
 
 # Size cap and deadlines per URL (tests shorten them).
@@ -100,7 +101,8 @@ def lambda_handler(event: object, context: object = None) -> dict:
     if "error" in body:
         fields["code"] = body["error"]["code"]
     fields["duration_ms"] = round((time.perf_counter() - started) * 1000.0, 1)
-    log.info("request", extra=fields)
+    # One line per request, carrying its CloudWatch metrics (EMF) too.
+    log.info("request", extra={**fields, **request_metrics(fields)})
     return respond(kind, status, body)
 
 
@@ -109,6 +111,7 @@ def _handle(event: object, fields: dict, context: object = None) -> tuple[int, d
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         return 200, handle_bulk(event, fields["kind"], get_classifier, FETCH_LIMITS, fields, remaining)
     classifier = get_classifier()
+    fields["model"] = classifier.model_id
     request = parse_event(event, len(classifier.labels))
     fields["top_k"] = request.top_k
     if request.image is not None:
@@ -122,7 +125,6 @@ def _handle(event: object, fields: dict, context: object = None) -> tuple[int, d
     else:
         fields["hosts"] = [_host(request.urls[0])]
         body = classify_url(request.urls[0], classifier, request.top_k, FETCH_LIMITS)
-    fields["model"] = body["model"]
     fields["timings_ms"] = body["timings_ms"]
     return 200, body
 

@@ -60,8 +60,59 @@ def load_interpreter(path: str | Path, num_threads: int):
         interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError, OSError) as exc:
-        raise _model_error(f"The TFLite runtime could not load {path}: {exc}") from None
+        # Perhaps XNNPACK (applied by default) is what failed: try once more without it.
+        interpreter = _without_default_delegates(Interpreter, path, num_threads)
+        if interpreter is None:
+            raise _model_error(f"The TFLite runtime could not load {path}: {exc}") from None
+        _warn_builtin_kernels(path, f"loading with XNNPACK failed: {exc}")
+    else:
+        if runs_on_xnnpack(interpreter) is False:
+            _warn_builtin_kernels(path, "XNNPACK did not start or took none of the model's operations")
     return interpreter
+
+
+def runs_on_xnnpack(interpreter) -> bool | None:
+    """Whether the default delegate (XNNPACK) took part of the graph; None if the runtime cannot say.
+
+    XNNPACK is the fast CPU path, applied by default; when it cannot start (on arm64 Lambda its CPU
+    detection may find no /sys/devices/system/cpu/possible), TFLite quietly runs the built-in kernels,
+    ~1.5x slower. A delegate shows up as a DELEGATE node in the interpreter's graph.
+    """
+    ops_details = getattr(interpreter, "_get_ops_details", None)
+    if ops_details is None:
+        return None
+    try:
+        return any(op.get("op_name") == "DELEGATE" for op in ops_details())
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+def _without_default_delegates(interpreter_class, path: str | Path, num_threads: int):
+    """An interpreter on the built-in kernels only (no XNNPACK), or None if that does not load either."""
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:
+        return None
+    try:
+        interpreter = interpreter_class(
+            model_path=str(path),
+            num_threads=num_threads,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError, OSError, TypeError):
+        return None
+    return interpreter
+
+
+def _warn_builtin_kernels(path: str | Path, reason: str) -> None:
+    # One warning per model load (once per container): serving still works, only slower.
+    from lambda_function.logging_json import get_logger
+
+    get_logger().warning(
+        "XNNPACK is not running the model; serving with the built-in kernels (slower)",
+        extra={"model_path": str(path), "reason": reason},
+    )
 
 
 def read_sidecar(model_path: str | Path) -> dict:

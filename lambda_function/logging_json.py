@@ -1,7 +1,9 @@
 """One JSON object per log line, so CloudWatch Logs Insights can filter on fields (status, code, ...).
 
 Our logger writes to stdout with its own handler and does not propagate: the Lambda runtime's root
-handler would otherwise wrap each line in its own text format.
+handler would otherwise wrap each line in its own text format. Under Lambda's JSON log format
+(template.yaml ``LoggingConfig``) the runtime's own JSON handler writes our records instead, with its
+request id: see :func:`lambda_json_logs`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,17 @@ LOGGER_NAME = "lambda_function"
 DEFAULT_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 # Attributes every LogRecord has; anything else was passed through ``extra=`` and becomes a field.
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# The one underscore field kept: CloudWatch's Embedded Metric Format block (metrics.py).
+_KEPT_PRIVATE = frozenset({"_aws"})
+
+
+def lambda_json_logs(environ: os._Environ | dict = os.environ) -> bool:
+    """True when the Lambda runtime formats logs itself as JSON (``LoggingConfig: LogFormat: JSON``).
+
+    The runtime then writes each record as one JSON object with its own fields (timestamp, level,
+    requestId) plus our ``extra=`` fields, so our handler steps aside and records propagate to it.
+    """
+    return environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,7 +53,7 @@ class JsonFormatter(logging.Formatter):
             "message": message,
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+            if key not in _STANDARD_ATTRS and (not key.startswith("_") or key in _KEPT_PRIVATE):
                 entry[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, exc, tb = record.exc_info
@@ -76,8 +89,17 @@ class StdoutHandler(logging.StreamHandler):
 
 
 def get_logger(name: str = LOGGER_NAME, level: int | str = DEFAULT_LEVEL) -> logging.Logger:
-    """The package logger, configured once (safe to call at every import)."""
+    """The package logger, configured once (safe to call at every import).
+
+    Under Lambda's JSON log format (and once its runtime has set up the root logger) records go to the
+    runtime's handler; elsewhere (CLI, tests, Lambda's text format) to stdout through JsonFormatter.
+    """
     logger = logging.getLogger(name)
+    if lambda_json_logs() and logging.getLogger().handlers:
+        known = isinstance(level, int) or level in logging.getLevelNamesMapping()
+        logger.setLevel(level if known else "INFO")
+        logger.propagate = True
+        return logger
     if not any(isinstance(h, StdoutHandler) for h in logger.handlers):
         handler = StdoutHandler()
         handler.setFormatter(JsonFormatter())
