@@ -90,7 +90,7 @@ def lambda_handler(event: object, context: object = None) -> dict:
         # Bulk events only: raising is how Lambda's async retries and Step Functions' Retry are asked for.
         duration_ms = round((time.perf_counter() - started) * 1000.0, 1)
         fields.update(status=503, code="retry_later", reason=str(err), duration_ms=duration_ms)
-        log.warning("request", extra=fields)
+        log.warning("request", extra={**fields, **request_metrics(fields)})
         raise
     except ServingError as err:
         status, body = err.status, err.to_body()

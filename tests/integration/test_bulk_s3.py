@@ -227,12 +227,18 @@ def test_test_event_and_deletions_classify_nothing(bulk_app, s3, buckets):
     assert result_keys(s3, buckets) == []
 
 
-def test_notification_with_a_temporary_failure_raises_for_lambda_to_retry(bulk_app, s3, buckets, slow_down):
+def test_notification_with_a_temporary_failure_raises_for_lambda_to_retry(
+    bulk_app, s3, buckets, slow_down, capsys
+):
     put(s3, buckets.input, "uploads/ok.png", solid(GREEN))
     put(s3, buckets.input, "uploads/busy.png", solid(RED))
     slow_down.add("uploads/busy.png")
     with pytest.raises(RetryLater, match="SlowDown|upstream_error"):
         bulk_app.lambda_handler(notification(buckets.input, ["uploads/ok.png", "uploads/busy.png"]), CONTEXT)
+    # The retried invocation still writes its one request line, counted in the metrics as an error.
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    (request,) = [line for line in lines if line.get("message") == "request"]
+    assert (request["code"], request["ErrorCode"], request["Errors"]) == ("retry_later", "retry_later", 1)
     # The image that worked is written; the retry will simply write it again.
     assert result_keys(s3, buckets) == [f"{PREFIX}{buckets.input}/uploads/ok.png.json"]
 
