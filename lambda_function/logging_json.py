@@ -22,6 +22,8 @@ DEFAULT_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # The one underscore field kept: CloudWatch's Embedded Metric Format block (metrics.py).
 _KEPT_PRIVATE = frozenset({"_aws"})
+# How deep Utf8SafeFilter looks into a field's lists and dicts (ours are two levels deep at most).
+_MAX_SAFE_DEPTH = 8
 
 
 def lambda_json_logs(environ: os._Environ | dict = os.environ) -> bool:
@@ -73,6 +75,38 @@ def _serialisable(value: object) -> object:
     return value
 
 
+class Utf8SafeFilter(logging.Filter):
+    """Makes every string a record carries encodable as UTF-8, for handlers that are not ours.
+
+    The Lambda runtime's JSON formatter keeps non-ASCII text and its log sink encodes each line as
+    strict UTF-8: one lone surrogate from a client's URL ("\\ud800") and the request's line is lost.
+    A filter on our logger runs before the record propagates to the runtime's handler, so it can
+    escape them (as ``\\ud800`` text) in the message, its arguments and every ``extra=`` field.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in list(vars(record).items()):
+            if key == "msg" or key == "args" or key not in _STANDARD_ATTRS:
+                setattr(record, key, _utf8_safe(value))
+        return True
+
+
+def _utf8_safe(value: object, depth: int = 0) -> object:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if depth > _MAX_SAFE_DEPTH:  # a structure this deep is replaced by the formatter anyway
+        return value
+    if isinstance(value, list | tuple):
+        return type(value)(_utf8_safe(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return {_utf8_safe(k, depth + 1): _utf8_safe(v, depth + 1) for k, v in value.items()}
+    return value
+
+
 class StdoutHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stdout`` is at the time (a test's capture, the CLI's redirect)."""
 
@@ -99,6 +133,8 @@ def get_logger(name: str = LOGGER_NAME, level: int | str = DEFAULT_LEVEL) -> log
         known = isinstance(level, int) or level in logging.getLevelNamesMapping()
         logger.setLevel(level if known else "INFO")
         logger.propagate = True
+        if not any(isinstance(f, Utf8SafeFilter) for f in logger.filters):
+            logger.addFilter(Utf8SafeFilter())
         return logger
     if not any(isinstance(h, StdoutHandler) for h in logger.handlers):
         handler = StdoutHandler()
