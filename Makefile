@@ -8,7 +8,14 @@ TRAIN_DIR   ?= artifacts/train
 EXPORT_DIR  ?= artifacts/export
 ARCH        ?= x86_64
 EVENT       ?= events/direct.json
+# make invoke without Docker: URLs in EVENT are served from this folder on loopback (empty: the real URLs).
+SAMPLES     ?= samples
 STACK_NAME  ?= edge-clothing-classifier
+# classify-bucket: the objects to classify; LOCAL=1 runs the Distributed Map's batches here instead.
+BUCKET      ?=
+PREFIX      ?=
+LOCAL       ?=
+WEB_PORT    ?= 8000
 
 DEV_VENV     := .venv
 RUNTIME_VENV := .venv-runtime
@@ -22,10 +29,11 @@ SAM_VERSION  ?= 1.170.0
 export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint format data train evaluate convert build invoke deploy bench bench-serve clean
+.PHONY: help demo test lint format data train evaluate convert model-card build invoke invoke-local deploy bench \
+	bench-serve clean bench-bombs classify-bucket bench-bulk ondevice web test-web bench-web eval-ondevice check-arm64
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 # --- environments (rebuilt only when their requirements change) ---------------------------------
 $(RUNTIME_VENV)/.installed: lambda_function/requirements.txt
@@ -77,12 +85,25 @@ evaluate: $(DEV_VENV)/.installed ## Re-evaluate TRAIN_DIR/model.keras on the tes
 convert: $(DEV_VENV)/.installed ## Export TFLite/ONNX variants, validate, report, install the best in lambda_function/model
 	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto
 
+model-card: $(RUNTIME_VENV)/.installed ## Measure the bundled model on DATA_DIR's test split -> lambda_function/model/MODEL_CARD.md
+	$(RUNTIME_PY) scripts/model_card.py --data-dir $(DATA_DIR)
+
 build: $(SAM_VENV)/.installed ## sam build (makefile builder, no Docker) for ARCH -> .aws-sam/build
 	ARCH=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)
 	@du -sh .aws-sam/build/ClassifierFunction | awk '{print "unzipped artifact: " $$1}'
 
-invoke: ## sam local invoke -e EVENT (needs Docker)
-	$(SAM) local invoke ClassifierFunction -e $(EVENT)
+invoke: ## Run EVENT through the function: sam local invoke if Docker answers, else invoke-local
+	@if docker info >/dev/null 2>&1; then \
+		echo "make invoke: Docker answers: sam local invoke"; \
+		$(SAM) local invoke ClassifierFunction -e $(EVENT); \
+	else \
+		echo "make invoke: no Docker: the artifact under awslambdaric on a loopback Runtime API (make invoke-local)"; \
+		$(MAKE) --no-print-directory invoke-local EVENT=$(EVENT) SAMPLES=$(SAMPLES); \
+	fi
+
+invoke-local: $(DEV_VENV)/.installed ## EVENT through awslambdaric + a loopback Runtime API, read-only task root (no Docker)
+	$(DEV_PY) scripts/build_artifact.py --platform local --out build/artifact
+	$(DEV_PY) scripts/local_runtime.py build/artifact $(EVENT) $(if $(SAMPLES),--samples $(SAMPLES))
 
 deploy: ## sam deploy --guided
 	$(SAM) deploy --guided --stack-name $(STACK_NAME) --parameter-overrides Architecture=$(ARCH)
@@ -96,6 +117,65 @@ bench-serve: $(DEV_VENV)/.installed ## Handler vs bare invoke latency, cold star
 	$(DEV_PY) scripts/bench_serve.py --model lambda_function/model/model.tflite --artifact build/artifact \
 		--requests 1000 --json build/bench_serve.json
 
+bench-bombs: $(DEV_VENV)/.installed ## Hostile inputs through the handler: worst decode CPU and peak RSS per bomb
+	$(DEV_PY) scripts/bench_bombs.py --json build/bench_bombs.json
+
+classify-bucket: $(DEV_VENV)/.installed ## Classify s3://BUCKET/PREFIX: start the stack's Distributed Map (LOCAL=1: here)
+	$(DEV_PY) scripts/classify_bucket.py --bucket "$(BUCKET)" --prefix "$(PREFIX)" --stack $(STACK_NAME) \
+		$(if $(LOCAL),--local)
+
+bench-bulk: $(DEV_VENV)/.installed ## Images/s of one instance on the bulk path: bundled model, 50 test photos, moto S3
+	nice -n 10 $(DEV_PY) scripts/bench_bulk.py --data-dir $(DATA_DIR) --images 50 --json build/bench_bulk.json
+
+# --- on a device: MediaPipe-ready model, in-browser page (docs/on-device.md) ---------------------
+WEB_MODEL := web/model/model.tflite
+# The on-device variant of the bundled model (softmax + TFLite Model Metadata), built, not committed.
+$(WEB_MODEL): lambda_function/model/model.tflite lambda_function/model/model.json | $(DEV_VENV)/.installed
+	$(DEV_PY) -m convert.ondevice lambda_function/model/model.tflite $@
+
+web/node_modules/.installed: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+# Playwright drives Debian's Chromium (apt, once); it never downloads a browser of its own.
+$(DEV_VENV)/.installed-web: $(DEV_VENV)/.installed
+	$(DEV_PY) -m pip install -q -e ".[dev,web]"
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	touch $@
+
+ondevice: $(WEB_MODEL) ## On-device variant of the bundled model (MediaPipe ImageClassifier-ready) -> web/model/
+
+web: $(WEB_MODEL) web/node_modules/.installed ## Serve the in-browser classifier on http://127.0.0.1:WEB_PORT
+	$(DEV_PY) -m scripts.web_page --port $(WEB_PORT)
+
+test-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web ## The page in headless Chromium
+	REQUIRE_WEB=1 $(DEV_PY) -m pytest tests/web -q
+
+bench-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web ## The page in Chromium: load, time/photo, CLI agreement, PNG
+	$(DEV_PY) -m scripts.bench_web --data-dir $(DATA_DIR) --limit 50 \
+		--json build/web/bench.json --screenshot build/web/screenshot.png
+
+eval-ondevice: $(WEB_MODEL) ## MediaPipe's ImageClassifier vs our CLI on the test split (~10 min)
+	nice -n 10 $(DEV_PY) scripts/eval_ondevice.py --ondevice $(WEB_MODEL) --data-dir $(DATA_DIR) \
+		--split test --json build/ondevice_eval.json
+
+# --- arm64 under emulation (slow; not part of make test) -----------------------------------------
+ARM64_ROOT     ?= build/arm64-root
+ARM64_ARTIFACT ?= build/arm64-artifact
+# Debian bookworm's Python, for which the arm64 artifact is built here (Lambda's is 3.12).
+ARM64_PYTHON   ?= 3.11
+
+check-arm64: $(DEV_VENV)/.installed ## Slow, needs root: arm64 artifact under qemu classifies samples/ (CPU files shown, hidden)
+	@command -v qemu-aarch64-static >/dev/null && command -v mmdebstrap >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq qemu-user-static mmdebstrap; }
+	@test -x $(ARM64_ROOT)/usr/bin/python$(ARM64_PYTHON) || { rm -rf $(ARM64_ROOT) && \
+		mmdebstrap --mode=root --arch=arm64 --variant=extract \
+		--include=python$(ARM64_PYTHON),libpython$(ARM64_PYTHON)-stdlib,libstdc++6 bookworm $(ARM64_ROOT); }
+	$(DEV_PY) scripts/build_artifact.py --platform lambda --arch arm64 --python-version $(ARM64_PYTHON) \
+		--out $(ARM64_ARTIFACT)
+	nice -n 10 $(DEV_PY) scripts/check_arm64.py --root $(ARM64_ROOT) --artifact $(ARM64_ARTIFACT) --samples samples \
+		--json build/check_arm64.json
+
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)
-	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache
+	rm -rf $(DEV_VENV) $(RUNTIME_VENV) $(SAM_VENV) .aws-sam build .pytest_cache .ruff_cache web/node_modules web/model
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

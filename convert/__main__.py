@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from convert.errors import ConversionError
+from convert.install import INSTALL_DIR
 from convert.pipeline import CALIBRATION_IMAGES, EVAL_SPLIT, ConvertOptions, run
-from convert.report import INSTALL_DIR
 from convert.variants import parse_formats, parse_quantize
 
 DEFAULT_OUTPUT_DIR = "artifacts/convert"

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from convert.errors import DataError
-from lambda_function.errors import ServingError
-from lambda_function.preprocess import DEFAULT_RESIZE, load_image_file
+from lambda_function.preprocess import DEFAULT_RESIZE
+from train import data as dataset
+from train.errors import DataError as DatasetError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 CALIBRATION_SPLIT = "train"
 SEED = 42
 
@@ -44,23 +43,17 @@ class ImageSet:
 
 
 def list_split(data_dir: str | Path, split: str, labels: list[str]) -> list[tuple[Path, int]]:
-    """(path, class index) for every image of ``split``, sorted; folders must match ``labels``."""
-    root = Path(data_dir) / split
-    if not root.is_dir():
-        raise DataError(f"Split folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    unknown = sorted(set(classes) - set(labels))
-    if unknown:
-        raise DataError(f"{root} has class folders that are not in labels.json: {', '.join(unknown)}")
-    items = [
-        (path, labels.index(name))
-        for name in classes
-        for path in sorted((root / name).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not items:
-        raise DataError(f"No images under {root}")
-    return items
+    """(path, class index) for every image of ``split``, sorted; every class folder must be in ``labels``.
+
+    The listing is training's (train/data.py: hidden files skipped, empty classes refused).
+    """
+    try:
+        paths, targets = dataset.list_split(data_dir, split, labels, subset=True, reference="labels.json")
+    except DatasetError as exc:
+        raise DataError(str(exc)) from None
+    if not paths:
+        raise DataError(f"No images under {Path(data_dir) / split}")
+    return list(zip(paths, targets.tolist(), strict=True))
 
 
 def has_split(data_dir: str | Path | None, split: str) -> bool:
@@ -94,14 +87,13 @@ def stratified_sample(
 def load_images(
     items: list[tuple[Path, int]], size: tuple[int, int], desc: str = "images", resize: str = DEFAULT_RESIZE
 ) -> ImageSet:
-    pixels = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
-    for i, (path, _) in enumerate(tqdm(items, desc=desc, unit="img", leave=False)):
-        try:
-            pixels[i] = load_image_file(path, size, resize)
-        except ServingError as exc:
-            raise DataError(f"Cannot read {path}: {exc.message}") from None
-    targets = np.array([cls for _, cls in items], dtype=np.int64)
-    return ImageSet(pixels, targets, [str(path) for path, _ in items], resize)
+    """Decode ``items`` as training does: unreadable images are skipped and named, above 5% it stops."""
+    try:
+        pixels, kept, _ = dataset.load_split([path for path, _ in items], size, desc=desc, resize=resize)
+    except DatasetError as exc:
+        raise DataError(str(exc)) from None
+    targets = np.array([items[i][1] for i in kept], dtype=np.int64)
+    return ImageSet(pixels, targets, [str(items[i][0]) for i in kept], resize)
 
 
 def load_split(

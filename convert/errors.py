@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from train.errors import DataError as DatasetError
+
 
 class ConversionError(Exception):
     """Base class: anything the user can fix (a path, an option, a tolerance)."""
@@ -15,8 +17,11 @@ class UnknownVariantError(ConversionError):
     """A format or quantization variant that this package does not produce."""
 
 
-class DataError(ConversionError):
-    """The data directory or a split inside it is missing, empty or inconsistent with the labels."""
+class DataError(ConversionError, DatasetError):
+    """The data directory or a split inside it is missing, empty or inconsistent with the labels.
+
+    A training DataError too: both come from the one dataset listing (train/data.py).
+    """
 
 
 class SidecarError(ConversionError):

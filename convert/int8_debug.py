@@ -42,13 +42,14 @@ from convert.tflite import (
     quantize_calibrated,
 )
 from lambda_function.classifier import softmax
+from lambda_function.jsonfile import JSONFileError, read_json
 
 DEBUG_IMAGES = 32
 # rmse/scale above this marks a layer as quantization-sensitive (TF's debugger guide uses 0.7).
 SENSITIVE_THRESHOLD = 0.7
 # (name, calibration set, settings). Calibration sets: (images, flips).
 CALIBRATIONS = {"c100": (100, False), "c300": (300, False), "c300f": (300, True), "c150f": (150, True)}
-DEFAULT_SWEEP = [  # the sweep behind int8_findings.md (run in two parts there)
+DEFAULT_SWEEP = [  # the sweep behind docs/conversion.md's int8 findings (run in two parts there)
     {"name": "fp32", "kind": "fp32"},
     {"name": "int8 naive (stock converter, 100 imgs)", "kind": "naive", "calibration": "c100"},
     {"name": "int8 100 imgs (calibrate+quantize path)", "calibration": "c100"},
@@ -210,7 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=SENSITIVE_THRESHOLD)
     args = parser.parse_args(argv)
     try:
-        settings = json.loads(args.settings.read_text()) if args.settings else DEFAULT_SWEEP
+        settings = DEFAULT_SWEEP
+        if args.settings:
+            try:
+                settings = read_json(args.settings, "Settings file")
+            except JSONFileError as exc:
+                raise ConversionError(str(exc)) from None
         sweep(args.model, args.data_dir, args.output_dir, settings, args.split, args.threshold)
     except ConversionError as exc:
         print(f"error: {exc}", file=sys.stderr)

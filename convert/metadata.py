@@ -1,6 +1,7 @@
 """The metadata sidecar ``NAME.json`` written next to every exported ``NAME.tflite`` / ``NAME.onnx``.
 
-The serving code parses this file (labels, input size), so the schema is fixed: see the project notes.
+The schema and its checks live in lambda_function/sidecar.py (the serving code reads the same file);
+this module writes it.
 Pure Python: no TensorFlow here.
 """
 
@@ -10,13 +11,14 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from convert.errors import SidecarError
+from convert.errors import ModelLoadError, SidecarError
 from convert.variants import VARIANTS, check_variant
-from lambda_function.classifier import file_sha256 as sha256_file  # one hashing helper for every package
-from lambda_function.jsonfile import JSONFileError, labels_problem, read_json_object
+from lambda_function import sidecar as schema
+from lambda_function.jsonfile import JSONFileError, read_json_object
 from lambda_function.preprocess import DEFAULT_RESIZE, check_resize_mode
+from lambda_function.sidecar import SCHEMA_VERSION, sidecar_path
+from lambda_function.sidecar import file_sha256 as sha256_file  # one hashing helper for every package
 
-SCHEMA_VERSION = 1
 PREPROCESSING = {
     "function": "lambda_function.preprocess.preprocess",
     "resize": "bilinear",
@@ -24,23 +26,42 @@ PREPROCESSING = {
     "scaling": "inside the model: x / 127.5 - 1",
 }
 INPUT_RANGE = [0, 255]
-REQUIRED_KEYS = (
-    "schema_version",
-    "format",
-    "variant",
-    "labels",
-    "input",
-    "output",
-    "preprocessing",
-    "sha256",
-    "source",
-    "quantization",
-    "created",
+REQUIRED_KEYS = schema.REQUIRED_KEYS
+# Written by ``python -m train`` next to model.keras; the source of the sidecar's "training" record.
+TRAINING_CONFIG = "config.json"
+# The training settings the model card describes the model with (train/config.py names them).
+TRAINING_KEYS = (
+    "image_size",
+    "resize",
+    "pooled_blocks",
+    "standardize",
+    "dense_units",
+    "dropout",
+    "train_views",
+    "extra_dir",
+    "fine_tune",
 )
 
 
-def sidecar_path(model_path: str | Path) -> Path:
-    return Path(model_path).with_suffix(".json")
+def training_facts(model_path: str | Path) -> dict | None:
+    """What the model card says about training, from the run's config.json next to ``model_path``.
+
+    None when there is no config.json (a model trained elsewhere): the card then says so.
+    """
+    path = Path(model_path).with_name(TRAINING_CONFIG)
+    if not path.is_file():
+        return None
+    try:
+        record = read_json_object(path, "Training config", required=("config",))
+    except JSONFileError as exc:
+        raise ModelLoadError(str(exc)) from None
+    config, data = record["config"], record.get("data") or {}
+    facts = {key: config[key] for key in TRAINING_KEYS if key in config}
+    if data.get("root"):
+        facts["dataset"] = Path(data["root"]).name
+    counts = data.get("counts") or {}
+    facts["images"] = {split: sum(per_class.values()) for split, per_class in counts.items()}
+    return facts
 
 
 def write_sidecar(
@@ -52,6 +73,7 @@ def write_sidecar(
     source_path: str | Path,
     quantization: dict,
     validation: dict | None = None,
+    training: dict | None = None,
     resize: str = DEFAULT_RESIZE,
 ) -> Path:
     """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path.
@@ -85,6 +107,8 @@ def write_sidecar(
     }
     if validation is not None:
         meta["validation"] = validation
+    if training is not None:
+        meta["training"] = training
     path = sidecar_path(model_path)
     path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return path
@@ -92,34 +116,18 @@ def write_sidecar(
 
 def read_sidecar(path: str | Path) -> dict:
     """Parse and check a sidecar (the ``.json`` itself or the model file next to it)."""
-    path = Path(path)
-    if path.suffix != ".json":
-        path = sidecar_path(path)
     try:
-        meta = read_json_object(path, "Metadata sidecar", required=REQUIRED_KEYS)
-    except JSONFileError as exc:
+        meta = schema.read_sidecar(path)
+    except schema.SidecarProblem as exc:
         raise SidecarError(str(exc)) from None
-    if meta["schema_version"] != SCHEMA_VERSION:
-        raise SidecarError(f"Metadata sidecar {path} has schema_version {meta['schema_version']!r}.")
     if meta["format"] not in VARIANTS or meta["variant"] not in VARIANTS[meta["format"]]:
-        raise SidecarError(f"Metadata sidecar {path} names an unknown variant.")
-    problem = labels_problem(meta["labels"])
-    if problem:
-        raise SidecarError(f"Metadata sidecar {path}: {problem}.")
-    inp = meta["input"]
-    if not isinstance(inp, dict) or not all(
-        isinstance(inp.get(k), int) and inp[k] > 0 for k in ("height", "width", "channels")
-    ):
-        raise SidecarError(f"Metadata sidecar {path}: input height/width/channels must be positive ints.")
-    try:
-        check_resize_mode(inp.get("resize", DEFAULT_RESIZE))
-    except ValueError as exc:
-        raise SidecarError(f"Metadata sidecar {path}: input {exc}.") from None
+        raise SidecarError(f"Metadata sidecar {sidecar_path(path)} names an unknown variant.")
     return meta
 
 
 def verify_model_file(model_path: str | Path, meta: dict) -> None:
     """Raise SidecarError unless the model file is the one the sidecar describes."""
-    actual = sha256_file(model_path)
-    if actual != meta["sha256"]:
-        raise SidecarError(f"{model_path} does not match its sidecar (sha256 {actual} != {meta['sha256']}).")
+    try:
+        schema.check_model_file(model_path, meta)
+    except schema.SidecarProblem as exc:
+        raise SidecarError(str(exc)) from None

@@ -123,7 +123,7 @@ def to_onnx_int8(
             # The mean of per-image min/max (what CalibMovingAverage computes when all images are
             # collected in one pass) rather than the global min/max: with plain min/max
             # the rarest outlier image sets each range (on Xception's residual stream 3x wider than
-            # typical), the same failure found for TFLite int8 (int8_findings.md).
+            # typical), the same failure found for TFLite int8 (docs/conversion.md, int8 findings).
             # (Not CalibMaxIntermediateOutputs: onnxruntime 1.32 drops each full chunk unmerged.)
             nodes_to_exclude=float_nodes,
             extra_options={

@@ -1,4 +1,4 @@
-"""One table per conversion run (Markdown + JSON + PNG), the choice of the variant to ship, and install.
+"""One table per conversion run (Markdown + JSON + PNG); convert/install.py chooses and installs from it.
 
 Latency is single-image (batch 1) on 2 threads, the median of ``LATENCY_RUNS`` runs after warm-up, on
 the runtime that would serve the file: ai-edge-litert for .tflite, onnxruntime for .onnx.
@@ -7,25 +7,16 @@ the runtime that would serve the file: ai-edge-litert for .tflite, onnxruntime f
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
-from convert.errors import ConversionError, SidecarError
-from convert.metadata import read_sidecar, sidecar_path, verify_model_file
 from convert.runners import load_runner
 
 LATENCY_RUNS = 30
 WARMUP_RUNS = 3
-# "Within 1 point of Keras" (issue): the accuracy a variant may lose and still be shipped.
-MAX_ACCURACY_DROP = 1.0
-# The bundled model's size budget (issue: "at most ~25 MB"): it keeps the unzipped Lambda artifact
-# (~107 MB of libraries) under 160 MB and the cold start short. fp32 (84 MB) never qualifies.
-MAX_INSTALL_MB = 25.0
-INSTALL_DIR = Path(__file__).resolve().parent.parent / "lambda_function" / "model"
 COLUMNS = (
     ("variant", "variant", "{}"),
     ("size_mb", "size (MB)", "{:.2f}"),
@@ -45,14 +36,23 @@ def benchmark(
     """Load time and single-image latency p50 (ms) of a model file."""
     runner = load_runner(path)
     batch = np.asarray(image, dtype=np.float32)[None]
+    p50 = latency_p50_ms(lambda: runner.predict_logits(batch), runs, warmup)
+    return {"load_ms": runner.load_seconds * 1000.0, "latency_p50_ms": p50}
+
+
+def latency_p50_ms(call, runs: int = LATENCY_RUNS, warmup: int = WARMUP_RUNS) -> float:
+    """Median wall time of ``call()`` in ms over ``runs`` calls, after ``warmup`` untimed ones.
+
+    The one latency measurement of the conversion report and the model card.
+    """
     for _ in range(warmup):
-        runner.predict_logits(batch)
+        call()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        runner.predict_logits(batch)
+        call()
         times.append(time.perf_counter() - start)
-    return {"load_ms": runner.load_seconds * 1000.0, "latency_p50_ms": statistics.median(times) * 1000.0}
+    return statistics.median(times) * 1000.0
 
 
 def variant_row(variant: str, path: str | Path, validation: dict | None, bench: dict | None) -> dict:
@@ -142,54 +142,3 @@ def write_report(rows: list[dict], output_dir: str | Path, extra: dict | None = 
     paths["json"].write_text(json.dumps({"rows": rows, **(extra or {})}, indent=2) + "\n", encoding="utf-8")
     plot(rows, paths["png"])
     return paths
-
-
-def choose_variant(
-    rows: list[dict],
-    keras_accuracy: float | None,
-    max_drop: float = MAX_ACCURACY_DROP,
-    max_size_mb: float = MAX_INSTALL_MB,
-) -> dict:
-    """The fastest validated TFLite row within ``max_drop`` points of Keras and ``max_size_mb`` in size."""
-    if keras_accuracy is None:
-        raise ConversionError(
-            "Cannot choose a variant without a test accuracy (pass --data-dir with a test split)."
-        )
-    keras_pct = 100.0 * keras_accuracy if keras_accuracy <= 1.0 else keras_accuracy
-    candidates = [
-        row
-        for row in rows
-        if row.get("format") == "tflite"
-        and row.get("passed")
-        and row.get("accuracy") is not None
-        and row.get("latency_p50_ms") is not None
-        and row["accuracy"] >= keras_pct - max_drop
-        and row.get("size_mb", 0.0) <= max_size_mb
-    ]
-    if not candidates:
-        raise ConversionError(
-            f"No validated TFLite variant is within {max_drop} point(s) of the Keras accuracy "
-            f"({keras_pct:.2f}%) and at most {max_size_mb} MB."
-        )
-    return min(candidates, key=lambda row: row["latency_p50_ms"])
-
-
-def install(variant_path: str | Path, dest_dir: str | Path = INSTALL_DIR) -> Path:
-    """Copy a TFLite model and its sidecar to ``dest_dir`` as ``model.tflite`` / ``model.json``."""
-    variant_path = Path(variant_path)
-    if variant_path.suffix != ".tflite":
-        raise ConversionError(f"Only TFLite models can be installed (the Lambda runs LiteRT): {variant_path}")
-    if not variant_path.is_file():
-        raise ConversionError(f"Model file not found: {variant_path}")
-    meta = read_sidecar(variant_path)
-    verify_model_file(variant_path, meta)
-    if meta.get("validation", {}).get("passed") is False:
-        raise SidecarError(f"{variant_path} failed validation; it will not be installed.")
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    # Model first, then sidecar, each via a temporary name: a reader never sees half a file.
-    for src, name in ((variant_path, "model.tflite"), (sidecar_path(variant_path), "model.json")):
-        tmp = dest_dir / (name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dest_dir / name)
-    return dest_dir / "model.tflite"

@@ -1,6 +1,7 @@
 """Run an exported model: LiteRT for .tflite, onnxruntime for .onnx, both with 2 threads.
 
-These are the runtimes the report measures; the Lambda has its own classifier (lambda_function/).
+These are the runtimes the report measures. A .tflite file is opened by the Lambda's own
+``lambda_function.classifier.load_interpreter``, so the report times the interpreter the Lambda runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from convert.errors import ModelLoadError
+from lambda_function.errors import ServingError
 
 NUM_THREADS = 2
 
@@ -27,14 +29,13 @@ class Runner(Protocol):
 
 class TFLiteRunner:
     def __init__(self, path: str | Path, num_threads: int = NUM_THREADS):
-        from ai_edge_litert.interpreter import Interpreter
+        from lambda_function.classifier import load_interpreter
 
         start = time.perf_counter()
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-            self._interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{path} is not a loadable TFLite model: {exc}") from None
+            self._interpreter = load_interpreter(path, num_threads)
+        except ServingError as exc:
+            raise ModelLoadError(f"{path} is not a loadable TFLite model: {exc.message}") from None
         self.load_seconds = time.perf_counter() - start
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]

@@ -15,7 +15,7 @@ from convert.errors import ConversionError, UnknownVariantError
 
 Representative = Callable[[], Iterable[np.ndarray]]
 
-# int8 settings (see /work/notes/int8_findings.md for what each one bought on the real model).
+# int8 settings (docs/conversion.md, int8 findings, says what each one bought on the real model).
 INT8_DEFAULTS: dict = {
     "per_channel": True,
     # Activation range = this percentile of the per-image maxima (and the mirror one of the minima);

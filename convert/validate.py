@@ -15,7 +15,7 @@ from convert.errors import UnknownVariantError, ValidationError
 from convert.runners import Runner, predict_all
 from lambda_function.classifier import softmax
 
-# Why these numbers (measured on the real Xception, 341 validation / 372 test images; see INT8.md):
+# Why these numbers (measured on the real Xception, 341 validation / 372 test images; see docs/conversion.md):
 # - fp32: the same float graph on another runtime, only summation order differs (TFLite fp32 measured
 #   max diff 2e-5), so anything near 1e-4 or any flipped top-1 is a conversion bug.
 # - float16: weights rounded to 11 significant bits; probabilities move by ~1e-4 on average, and a

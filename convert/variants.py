@@ -11,7 +11,7 @@ VARIANTS = {
     "tflite": ("fp32", "float16", "dynamic", "int8"),
     "onnx": ("fp32", "int8"),
 }
-# CLI spelling -> sidecar spelling ("none" is what the issue calls the unquantized model).
+# CLI spelling -> sidecar spelling ("none" is the CLI's word for the unquantized fp32 model).
 QUANTIZE_ALIASES = {
     "none": "fp32",
     "fp32": "fp32",

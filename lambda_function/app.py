@@ -3,7 +3,8 @@
 The model loads once per container, at import (Lambda's init phase), never per request. If it cannot
 load, the import still succeeds: the reason is logged and every request gets a 500 model_unavailable.
 Env: MODEL_PATH (default: the bundled ``model/model.tflite``), NUM_THREADS (default: CPU count),
-FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL.
+FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL; for bulk events (S3 notifications,
+S3 Batch Operations, Distributed Map batches: bulk.py) RESULTS_BUCKET, RESULTS_PREFIX, TAG_OBJECTS.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lambda_function.bulk import RetryLater
+from lambda_function.bulk import handle as handle_bulk
 from lambda_function.classifier import DEFAULT_MODEL_PATH, Classifier
 from lambda_function.errors import ServingError
-from lambda_function.events import event_kind, parse_event, respond
+from lambda_function.events import BULK_KINDS, event_kind, parse_event, respond
 from lambda_function.logging_json import get_logger
+from lambda_function.metrics import request_metrics
 from lambda_function.service import DEFAULT_LIMITS, classify_bytes, classify_url, fetch_timed
 
 # Size cap and deadlines per URL (tests shorten them).
@@ -81,7 +85,13 @@ def lambda_handler(event: object, context: object = None) -> dict:
     kind = event_kind(event)
     fields: dict = {"request_id": getattr(context, "aws_request_id", None), "kind": kind}
     try:
-        status, body = _handle(event, fields)
+        status, body = _handle(event, fields, context)
+    except RetryLater as err:
+        # Bulk events only: raising is how Lambda's async retries and Step Functions' Retry are asked for.
+        duration_ms = round((time.perf_counter() - started) * 1000.0, 1)
+        fields.update(status=503, code="retry_later", reason=str(err), duration_ms=duration_ms)
+        log.warning("request", extra={**fields, **request_metrics(fields)})
+        raise
     except ServingError as err:
         status, body = err.status, err.to_body()
     except Exception:
@@ -91,12 +101,17 @@ def lambda_handler(event: object, context: object = None) -> dict:
     if "error" in body:
         fields["code"] = body["error"]["code"]
     fields["duration_ms"] = round((time.perf_counter() - started) * 1000.0, 1)
-    log.info("request", extra=fields)
+    # One line per request, carrying its CloudWatch metrics (EMF) too.
+    log.info("request", extra={**fields, **request_metrics(fields)})
     return respond(kind, status, body)
 
 
-def _handle(event: object, fields: dict) -> tuple[int, dict]:
+def _handle(event: object, fields: dict, context: object = None) -> tuple[int, dict]:
+    if fields["kind"] in BULK_KINDS:
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        return 200, handle_bulk(event, fields["kind"], get_classifier, FETCH_LIMITS, fields, remaining)
     classifier = get_classifier()
+    fields["model"] = classifier.model_id
     request = parse_event(event, len(classifier.labels))
     fields["top_k"] = request.top_k
     if request.image is not None:
@@ -110,7 +125,6 @@ def _handle(event: object, fields: dict) -> tuple[int, dict]:
     else:
         fields["hosts"] = [_host(request.urls[0])]
         body = classify_url(request.urls[0], classifier, request.top_k, FETCH_LIMITS)
-    fields["model"] = body["model"]
     fields["timings_ms"] = body["timings_ms"]
     return 200, body
 

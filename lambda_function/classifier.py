@@ -8,7 +8,6 @@ An interpreter is not thread-safe: use one Classifier per thread (Lambda runs on
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.errors import ServingError
-from lambda_function.jsonfile import JSONFileError, labels_problem, read_json_object
-from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES
+from lambda_function.preprocess import DEFAULT_RESIZE
+from lambda_function.sidecar import (
+    SidecarProblem,
+    check_model_file,
+    file_sha256,  # noqa: F401 - re-exported: its home until sidecar.py
+)
+from lambda_function.sidecar import read_sidecar as read_checked_sidecar
 
 # The model bundled with the function; env MODEL_PATH overrides it (read by the handler and the CLI).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model" / "model.tflite"
-# Sidecar schema versions this code understands.
-SUPPORTED_SCHEMA_VERSIONS = (1,)
-# Sidecar keys the runtime relies on; the others are documentation for people.
-REQUIRED_SIDECAR_KEYS = ("schema_version", "format", "labels", "input", "output", "sha256")
 # Characters of the model's sha256 used as its short id in responses and logs.
 MODEL_ID_LENGTH = 12
 # Scores in responses are rounded: more digits are noise and only make the JSON longer.
@@ -64,34 +64,70 @@ def load_interpreter(path: str | Path, num_threads: int):
         interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError, OSError) as exc:
-        raise _model_error(f"The TFLite runtime could not load {path}: {exc}") from None
+        # Perhaps XNNPACK (applied by default) is what failed: try once more without it.
+        interpreter = _without_default_delegates(Interpreter, path, num_threads)
+        if interpreter is None:
+            raise _model_error(f"The TFLite runtime could not load {path}: {exc}") from None
+        _warn_builtin_kernels(path, f"loading with XNNPACK failed: {exc}")
+    else:
+        if runs_on_xnnpack(interpreter) is False:
+            _warn_builtin_kernels(path, "XNNPACK did not start or took none of the model's operations")
     return interpreter
 
 
-def read_sidecar(model_path: str | Path) -> dict:
-    """The metadata JSON next to the model (same stem, ``.json``), validated enough to serve with."""
-    path = Path(model_path).with_suffix(".json")
+def runs_on_xnnpack(interpreter) -> bool | None:
+    """Whether the default delegate (XNNPACK) took part of the graph; None if the runtime cannot say.
+
+    XNNPACK is the fast CPU path, applied by default; when it cannot start (on arm64 Lambda its CPU
+    detection may find no /sys/devices/system/cpu/possible), TFLite quietly runs the built-in kernels,
+    ~1.5x slower. A delegate shows up as a DELEGATE node in the interpreter's graph.
+    """
+    ops_details = getattr(interpreter, "_get_ops_details", None)
+    if ops_details is None:
+        return None
     try:
-        meta = read_json_object(path, "The model metadata file", required=REQUIRED_SIDECAR_KEYS)
-    except JSONFileError as exc:
+        return any(op.get("op_name") == "DELEGATE" for op in ops_details())
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+def _without_default_delegates(interpreter_class, path: str | Path, num_threads: int):
+    """An interpreter on the built-in kernels only (no XNNPACK), or None if that does not load either."""
+    try:
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:
+        return None
+    try:
+        interpreter = interpreter_class(
+            model_path=str(path),
+            num_threads=num_threads,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError, OSError, TypeError):
+        return None
+    return interpreter
+
+
+def _warn_builtin_kernels(path: str | Path, reason: str) -> None:
+    # One warning per model load (once per container): serving still works, only slower.
+    from lambda_function.logging_json import get_logger
+
+    get_logger().warning(
+        "XNNPACK is not running the model; serving with the built-in kernels (slower)",
+        extra={"model_path": str(path), "reason": reason},
+    )
+
+
+def read_sidecar(model_path: str | Path) -> dict:
+    """The metadata JSON next to the model (same stem, ``.json``): lambda_function/sidecar.py's schema."""
+    try:
+        meta = read_checked_sidecar(model_path)
+    except SidecarProblem as exc:
         raise _model_error(str(exc)) from None
-    if meta["schema_version"] not in SUPPORTED_SCHEMA_VERSIONS:
-        raise _model_error(f"{path}: schema_version {meta['schema_version']!r} is not supported.")
     if meta["format"] != "tflite":
-        raise _model_error(f"{path}: format is {meta['format']!r}; this runtime serves tflite only.")
-    problem = labels_problem(meta["labels"])
-    if problem:
-        raise _model_error(f"{path}: {problem}.")
-    if meta["output"] not in ("logits", "probabilities"):
-        raise _model_error(f"{path}: output must be 'logits' or 'probabilities', not {meta['output']!r}.")
-    if not isinstance(meta["input"], dict):
-        raise _model_error(f"{path}: input must be an object with height, width and channels.")
+        raise _model_error(f"{model_path}: format is {meta['format']!r}; this runtime serves tflite only.")
     return meta
-
-
-def file_sha256(path: str | Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -142,10 +178,8 @@ class Classifier:
             )
         # How photos are made square for this model; a sidecar from before the key existed means squash,
         # the way every such model was trained.
+        # (read_sidecar has checked it is one of RESIZE_MODES)
         self.resize: str = declared.get("resize", DEFAULT_RESIZE)
-        if self.resize not in RESIZE_MODES:
-            choices = ", ".join(RESIZE_MODES)
-            raise _model_error(f"{path}: the metadata's resize {self.resize!r} is not one of {choices}.")
         n_out = int(np.prod(out["shape"]))
         if n_out != len(self.labels):
             raise _model_error(
@@ -170,14 +204,11 @@ class Classifier:
         if not path.is_file():
             raise _model_error(f"The model file {path} does not exist.")
         meta = read_sidecar(path)
-        # 45-70 ms for the 23 MB model here, once per container (cold start 0.21 s in all): cheap
-        # insurance against serving a model with the labels of another run.
-        sha256 = file_sha256(path)
-        if sha256 != meta["sha256"]:
-            raise _model_error(
-                f"{path} does not match its metadata (sha256 {sha256[:12]}..., metadata says "
-                f"{str(meta['sha256'])[:12]}...): the model and its labels may be from different runs."
-            )
+        # 48-78 ms for the 22 MB bundled model here (2026-12-03), once per container.
+        try:
+            sha256 = check_model_file(path, meta)
+        except SidecarProblem as exc:
+            raise _model_error(str(exc)) from None
         threads = default_num_threads() if num_threads is None else num_threads
         return cls(load_interpreter(path, threads), meta, sha256=sha256, path=path, tta=tta)
 

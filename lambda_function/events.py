@@ -6,6 +6,9 @@ Pure functions, no I/O. Event kinds:
 - ``batch``: ``{"urls": ["...", ...], "top_k": 3}``, at most :data:`MAX_BATCH_URLS`
 - ``proxy_v1``: API Gateway REST proxy integration
 - ``proxy_v2``: API Gateway HTTP API and Lambda Function URLs (payload format 2.0)
+- ``s3_notification``, ``s3_batch``, ``map_batch``: S3 objects to classify in bulk (S3 event
+  notifications, S3 Batch Operations, a Step Functions Distributed Map batch); parsed into a
+  :class:`BulkRequest` by :func:`parse_bulk_event` and answered by bulk.py
 
 A proxy body is either JSON (``{"url": ...}`` or ``{"urls": [...]}``, optional ``top_k``) or the image
 itself, raw or base64 (``isBase64Encoded``). A GET may pass ``?url=...&top_k=...`` instead.
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from lambda_function.errors import ServingError
+from lambda_function.fetch import check_s3_location
 
 DEFAULT_TOP_K = 3
 # Each URL costs a fetch and an inference within one invocation's timeout.
@@ -25,9 +30,16 @@ MAX_BATCH_URLS = 16
 MAX_INLINE_IMAGE_BYTES = 6 * 1024 * 1024
 # Longer than any URL fetch.py accepts; only bounds what we echo back in messages.
 MAX_ECHO_CHARS = 80
+# More digits than any top_k can have: int() of a longer string is skipped (Python refuses 4300+).
+MAX_TOP_K_DIGITS = 6
 
 DIRECT, BATCH, PROXY_V1, PROXY_V2 = "direct", "batch", "proxy_v1", "proxy_v2"
 PROXY_KINDS = frozenset({PROXY_V1, PROXY_V2})
+S3_NOTIFICATION, S3_BATCH, MAP_BATCH = "s3_notification", "s3_batch", "map_batch"
+BULK_KINDS = frozenset({S3_NOTIFICATION, S3_BATCH, MAP_BATCH})
+# Objects per bulk event: far more than one invocation can classify in 15 minutes anyway.
+MAX_BULK_ITEMS = 1000
+S3_BATCH_SCHEMA_VERSIONS = ("1.0", "2.0")
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -54,6 +66,12 @@ def event_kind(event: object) -> str:
             return PROXY_V2
         if "httpMethod" in event and "requestContext" in event:
             return PROXY_V1
+        if "invocationSchemaVersion" in event and "tasks" in event:
+            return S3_BATCH
+        if isinstance(event.get("Records"), list) or event.get("Event") == "s3:TestEvent":
+            return S3_NOTIFICATION
+        if "Items" in event:
+            return MAP_BATCH
         if "urls" in event:
             return BATCH
     return DIRECT
@@ -119,8 +137,9 @@ def parse_top_k(value: object, num_labels: int) -> int:
     if value is None:
         return min(DEFAULT_TOP_K, num_labels)
     # Query strings carry text; JSON must carry a number (a bool is not one, though Python says so).
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value.strip())
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_TOP_K_DIGITS:
+        value = int(text)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_labels:
         raise ServingError(
             400,
@@ -146,12 +165,14 @@ def _parse_proxy(event: dict, kind: str, num_labels: int) -> Request:
     if not isinstance(body, str):
         raise ServingError(400, "invalid_request", "The request body must be a string.")
 
-    data = _decode_body(body, bool(event.get("isBase64Encoded")))
+    data = _decode_body(body, _base64_flag(event.get("isBase64Encoded")))
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if _is_json(content_type, data):
         try:
             payload = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):
+            # ValueError: bad JSON or UTF-8, or an integer over Python's 4300-digit limit;
+            # RecursionError: arrays or objects nested thousands deep.
             raise ServingError(400, "invalid_json", "The request body is not valid JSON.") from None
         if not isinstance(payload, dict):
             raise ServingError(400, "invalid_request", "The JSON body must be an object with a 'url'.")
@@ -161,12 +182,29 @@ def _parse_proxy(event: dict, kind: str, num_labels: int) -> Request:
     return Request(kind=kind, image=data, top_k=parse_top_k(query.get("top_k"), num_labels))
 
 
+def _base64_flag(value: object) -> bool:
+    """``isBase64Encoded``: a JSON boolean, absent, or the strings "true"/"false" (any case)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ServingError(
+        400, "invalid_request", f"'isBase64Encoded' must be true or false, not {_describe(value)}."
+    )
+
+
 def _decode_body(body: str, is_base64: bool) -> bytes:
     if not is_base64:
         if len(body) > MAX_INLINE_IMAGE_BYTES:
             raise _too_large(len(body))
         # Only text survives a non-base64 proxy body; surrogateescape keeps any odd bytes as they came.
-        return body.encode("utf-8", "surrogateescape")
+        try:
+            return body.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON's "\ud800" in the event's body string): no bytes can carry it.
+            raise ServingError(
+                400, "invalid_body", "The request body is not valid Unicode (it has a lone surrogate)."
+            ) from None
     # 4 base64 characters carry 3 bytes: refuse an oversized body before decoding it.
     if len(body) * 3 // 4 > MAX_INLINE_IMAGE_BYTES + 3:
         raise _too_large(len(body) * 3 // 4)
@@ -205,6 +243,154 @@ def _describe(value: object) -> str:
     if isinstance(value, str):
         shown = value if len(value) <= MAX_ECHO_CHARS else value[:MAX_ECHO_CHARS] + "..."
         return repr(shown)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large integer"  # json.dumps refuses ints over 4300 digits
     if value is None or isinstance(value, bool | int | float):
         return json.dumps(value)
     return {dict: "an object", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- bulk: objects already in S3
+
+
+@dataclass(frozen=True)
+class S3Item:
+    """One object to classify. ``problem`` is what is wrong with this item alone: it fails, the rest go on."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    task_id: str | None = None  # S3 Batch Operations answers per task
+    problem: ServingError | None = None
+
+
+@dataclass(frozen=True)
+class BulkRequest:
+    kind: str
+    items: tuple[S3Item, ...]
+    top_k: int = DEFAULT_TOP_K
+    invocation_id: str | None = None  # S3 Batch Operations: echoed back with its schema version
+    schema_version: str | None = None
+    job_id: str | None = None
+
+
+def parse_bulk_event(event: dict, kind: str, num_labels: int) -> BulkRequest:
+    """The objects a bulk event names; ServingError(400) only when the event as a whole is unusable."""
+    parser = {S3_NOTIFICATION: _parse_s3_notification, S3_BATCH: _parse_s3_batch, MAP_BATCH: _parse_map_batch}
+    return parser[kind](event, num_labels)
+
+
+def _parse_s3_notification(event: dict, num_labels: int) -> BulkRequest:
+    # S3 sends s3:TestEvent (no Records) when a notification is configured: nothing to do.
+    records = event.get("Records") or []
+    items = []
+    for record in _bulk_list(records, "Records"):
+        record = record if isinstance(record, dict) else {}
+        s3 = record.get("s3")
+        if record.get("eventSource") != "aws:s3" or not isinstance(s3, dict):
+            raise ServingError(400, "invalid_event", "'Records' must be S3 event notification records.")
+        if not str(record.get("eventName", "ObjectCreated:")).startswith("ObjectCreated:"):
+            continue  # a deletion or restore notification: no new image to classify
+        bucket = _get_path(s3, "bucket", "name")
+        obj = s3.get("object") if isinstance(s3.get("object"), dict) else {}
+        # Notification keys are URL-encoded with "+" for spaces.
+        items.append(_item(bucket, obj.get("key"), obj.get("versionId"), obj.get("eTag"), obj.get("size")))
+    return BulkRequest(S3_NOTIFICATION, tuple(items), min(DEFAULT_TOP_K, num_labels))
+
+
+def _parse_s3_batch(event: dict, num_labels: int) -> BulkRequest:
+    version = event.get("invocationSchemaVersion")
+    if version not in S3_BATCH_SCHEMA_VERSIONS:
+        raise ServingError(
+            400, "invalid_event", f"invocationSchemaVersion {_describe(version)} is not one of 1.0, 2.0."
+        )
+    invocation_id = event.get("invocationId")
+    if not isinstance(invocation_id, str) or not invocation_id:
+        raise ServingError(400, "invalid_event", "The batch event needs an 'invocationId' (a string).")
+    job = event.get("job") if isinstance(event.get("job"), dict) else {}
+    arguments = job.get("userArguments") if version == "2.0" else None
+    arguments = arguments if isinstance(arguments, dict) else {}
+    top_k = parse_top_k(arguments.get("top_k"), num_labels)
+    items = []
+    for task in _bulk_list(event.get("tasks"), "tasks"):
+        task_id = task.get("taskId") if isinstance(task, dict) else None
+        if not isinstance(task_id, str) or not task_id:
+            raise ServingError(400, "invalid_event", "Every task needs a 'taskId' (a string).")
+        if version == "1.0":
+            # arn:aws:s3:::bucket (or arn:aws:s3:region:account:bucket in some examples)
+            arn = task.get("s3BucketArn")
+            bucket = arn.rsplit(":", 1)[-1] if isinstance(arn, str) else None
+        else:
+            bucket = task.get("s3Bucket")
+        # Batch Operations passes keys URL-encoded, as they are in its CSV manifest.
+        items.append(_item(bucket, task.get("s3Key"), task.get("s3VersionId"), task_id=task_id))
+    return BulkRequest(
+        S3_BATCH,
+        tuple(items),
+        top_k,
+        invocation_id=invocation_id,
+        schema_version=version,
+        job_id=job.get("id") if isinstance(job.get("id"), str) else None,
+    )
+
+
+def _parse_map_batch(event: dict, num_labels: int) -> BulkRequest:
+    # {"Items": [...], "BatchInput": {"bucket": ..., "top_k": ...}} from an ItemBatcher over s3:listObjectsV2.
+    batch_input = event.get("BatchInput") if isinstance(event.get("BatchInput"), dict) else {}
+    bucket = batch_input.get("bucket")
+    if not isinstance(bucket, str) or not bucket:
+        raise ServingError(400, "invalid_event", "A Distributed Map batch needs 'BatchInput.bucket'.")
+    top_k = parse_top_k(batch_input.get("top_k"), num_labels)
+    items = []
+    for entry in _bulk_list(event.get("Items"), "Items"):
+        entry = entry if isinstance(entry, dict) else {}
+        # listObjectsV2 keys are verbatim, not URL-encoded.
+        key = entry.get("Key")
+        items.append(_item(bucket, key, None, entry.get("Etag"), entry.get("Size"), decode=False))
+    return BulkRequest(MAP_BATCH, tuple(items), top_k)
+
+
+def _bulk_list(value: object, name: str) -> list:
+    if not isinstance(value, list):
+        raise ServingError(400, "invalid_event", f"'{name}' must be a list, not {_describe(value)}.")
+    if len(value) > MAX_BULK_ITEMS:
+        raise ServingError(
+            400, "too_many_items", f"'{name}' has {len(value)} items; the limit is {MAX_BULK_ITEMS}."
+        )
+    return value
+
+
+def _item(
+    bucket: object,
+    key: object,
+    version_id: object = None,
+    etag: object = None,
+    size: object = None,
+    *,
+    task_id: str | None = None,
+    decode: bool = True,
+) -> S3Item:
+    problem = None
+    if decode and isinstance(key, str):
+        key = unquote_plus(key)
+    try:
+        check_s3_location(bucket, key)
+    except ServingError as err:
+        problem = ServingError(400, "invalid_s3_location", err.message)
+    return S3Item(
+        bucket=bucket if isinstance(bucket, str) else "",
+        key=key if isinstance(key, str) else "",
+        version_id=version_id if isinstance(version_id, str) and version_id else None,
+        etag=etag.strip('"') if isinstance(etag, str) and etag else None,
+        size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+        task_id=task_id,
+        problem=problem,
+    )
+
+
+def _get_path(value: object, *names: str) -> object:
+    for name in names:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value

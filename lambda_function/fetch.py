@@ -10,7 +10,13 @@ A URL is a request to open a connection from inside our account, so each one is 
   https down to http;
 * a connect timeout, a timeout per read, and one deadline for the whole fetch that a server dripping a
   byte at a time cannot stretch (the socket timeout is re-armed to the time left before every read);
-* a size cap counted while streaming; Content-Length is only used to refuse early, never trusted.
+* a size cap counted while streaming; Content-Length is only used to refuse early, never trusted;
+* a second cap on every byte read from the socket (status line, headers, 1xx responses, chunk-size
+  lines, trailers and body): ``max_bytes`` plus ``max_overhead_bytes`` for everything that is not
+  body, counted in the socket's own ``recv`` before ``http.client`` parses anything, so no framing
+  trick (a chunk size of ``-1``, endless trailers, endless ``100 Continue`` responses) reads more;
+* chunk sizes parsed strictly (1-16 hex digits; ``int(line, 16)`` alone accepts ``-1``, ``+a`` and
+  ``1_0``), and a chunk larger than the body cap refused before it is read.
 
 Stdlib ``http.client``/``ssl`` rather than a library such as requests-hardened: nothing extra in the
 Lambda zip, and pinning the connection to the checked IP, the streaming cap and the deadline are ours to
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import http
 import http.client
+import io
 import ipaddress
 import logging
 import os
@@ -47,6 +54,12 @@ DEFAULT_READ_TIMEOUT = 5.0
 DEFAULT_TOTAL_TIMEOUT = 10.0
 MAX_REDIRECTS = 3
 MAX_URL_LENGTH = 2048
+# Status line, headers, 1xx responses, chunk-size lines and trailers together: real servers send a few
+# KB; 64 KiB leaves room for cookie-heavy CDNs and a body chunked in 1 KB pieces.
+DEFAULT_MAX_OVERHEAD_BYTES = 64 * 1024
+# A chunk-size line: the size, optional extensions, CRLF. http.client alone allows 64 KiB.
+MAX_CHUNK_LINE = 1024
+CHUNK_SIZE_PATTERN = re.compile(rb"[0-9A-Fa-f]{1,16}")
 CHUNK_SIZE = 64 * 1024
 REQUEST_HEADERS = {"User-Agent": "edge-clothing-classifier/0.1", "Accept": "image/*"}
 HTTP_SCHEMES = {"http": 80, "https": 443}
@@ -69,6 +82,10 @@ NON_IMAGE_APPLICATION_TYPES = frozenset(
     {"json", "xml", "javascript", "ecmascript", "pdf", "zip", "gzip", "x-gzip", "x-tar", "xhtml+xml"}
 )
 S3_BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# S3's naming rules beyond the character set: no "..", not an IPv4 address, no reserved prefix.
+# (Access point aliases "-s3alias" and directory buckets "--x-s3" are valid names for GetObject.)
+S3_IPV4_LIKE = re.compile(r"\d+\.\d+\.\d+\.\d+")
+S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 S3_MAX_KEY_BYTES = 1024
 # Bounds how much client- or server-supplied text we echo back in an error message.
 MAX_ECHO_CHARS = 100
@@ -86,10 +103,11 @@ class FetchLimits:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     total_timeout: float = DEFAULT_TOTAL_TIMEOUT
     max_redirects: int = MAX_REDIRECTS
+    max_overhead_bytes: int = DEFAULT_MAX_OVERHEAD_BYTES
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 0 or self.max_redirects < 0:
-            raise ValueError("max_bytes and max_redirects must be >= 0")
+        if min(self.max_bytes, self.max_redirects, self.max_overhead_bytes) < 0:
+            raise ValueError("max_bytes, max_redirects and max_overhead_bytes must be >= 0")
         if min(self.connect_timeout, self.read_timeout, self.total_timeout) <= 0:
             raise ValueError("timeouts must be > 0")
 
@@ -143,12 +161,10 @@ def allowed_hosts_from_env(environ: Mapping[str, str] = os.environ) -> frozenset
 
 def check_address(ip: IPAddress) -> None:
     """Raise ServingError(400, "url_refused") unless ``ip`` is a public unicast internet address."""
-    reason = _blocked_reason(ip)
-    if reason is not None:
+    if _blocked_reason(ip) is not None:
+        # The kind of address stays in our log: telling the caller would map which internal names exist.
         raise ServingError(
-            400,
-            "url_refused",
-            f"The URL's host resolves to a {reason} address; only public internet addresses are allowed.",
+            400, "url_refused", "The URL's host is not allowed: only public internet addresses are."
         )
 
 
@@ -226,7 +242,7 @@ def _check_target(target: _Target, addresses: list[IPAddress], allowed: frozense
         try:
             check_address(ip)
         except ServingError:
-            logger.warning("refused %s: resolves to %s", target.key, ip)
+            logger.warning("refused %s: resolves to %s (%s)", target.key, ip, _blocked_reason(ip))
             raise
 
 
@@ -243,9 +259,20 @@ def _check_url_text(url: object) -> str:
         raise ServingError(400, "invalid_url", f"The URL is longer than {MAX_URL_LENGTH} characters.")
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
         raise ServingError(400, "invalid_url", "The URL contains control characters.")
+    if not _is_unicode(text):
+        raise ServingError(400, "invalid_url", "The URL is not valid Unicode (it has a lone surrogate).")
     if "://" not in text:
         raise ServingError(400, "invalid_url", "The URL must start with http://, https:// or s3://.")
     return text
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone UTF-16 surrogate (JSON's "\\ud800"), which nothing can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _scheme_error(scheme: str) -> ServingError:
@@ -329,11 +356,25 @@ def _fetch_http(
     )
 
 
+class _ResponseTooLarge(Exception):
+    """More bytes arrived on the socket than the response may have; _request turns it into a 413.
+
+    Deliberately not an OSError, ValueError or HTTPException: http.client catches some of those."""
+
+
 class _DeadlineMixin:
-    """Re-arms the socket timeout before every read: min(read timeout, time left to the deadline)."""
+    """Re-arms the socket timeout before every read: min(read timeout, time left to the deadline).
+
+    Also counts every byte read from the socket once the request is sent (``byte_budget`` not None):
+    one past the budget raises _ResponseTooLarge, whatever http.client was reading at the time.
+    """
 
     deadline: float = float("inf")
     read_timeout: float | None = None
+    byte_budget: int | None = None
+    body_cap: int | None = None
+    overhead_cap: int = 0
+    bytes_received: int = 0
 
     def _arm(self) -> None:
         left = self.deadline - time.monotonic()
@@ -341,13 +382,22 @@ class _DeadlineMixin:
             raise TimeoutError("total deadline passed")
         self.settimeout(left if self.read_timeout is None else min(self.read_timeout, left))
 
+    def _count(self, received: int) -> None:
+        self.bytes_received += received
+        if self.byte_budget is not None and self.bytes_received > self.byte_budget:
+            raise _ResponseTooLarge(self.byte_budget)
+
     def recv(self, *args, **kwargs):
         self._arm()
-        return super().recv(*args, **kwargs)
+        data = super().recv(*args, **kwargs)
+        self._count(len(data))
+        return data
 
     def recv_into(self, *args, **kwargs):
         self._arm()
-        return super().recv_into(*args, **kwargs)
+        received = super().recv_into(*args, **kwargs)
+        self._count(received)
+        return received
 
 
 class _DeadlineSocket(_DeadlineMixin, socket.socket):
@@ -366,8 +416,40 @@ def _tls_context() -> ssl.SSLContext:
     return context
 
 
+class _StrictResponse(http.client.HTTPResponse):
+    """http.client's response with a strict chunk-size parser.
+
+    http.client's own is ``int(line, 16)``: ``-1`` then makes it read to EOF in one call. Overriding
+    ``_read_next_chunk_size`` (a private method, the same from 3.5 to 3.13) keeps the rest of its
+    parser; the socket's byte budget bounds memory even if a later Python stopped calling it.
+    """
+
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self._counted = sock
+
+    def _read_next_chunk_size(self) -> int:
+        line = self.fp.readline(MAX_CHUNK_LINE + 1)
+        if len(line) > MAX_CHUNK_LINE:
+            raise http.client.LineTooLong("chunk size")
+        size = line.split(b";", 1)[0].strip(b" \t\r\n")
+        if not CHUNK_SIZE_PATTERN.fullmatch(size):
+            # ValueError is what http.client expects here: it becomes IncompleteRead, i.e. a 502.
+            raise ValueError("malformed chunk size")
+        chunk = int(size, 16)
+        sock = self._counted
+        if sock.body_cap is not None and chunk > sock.body_cap:
+            raise _ResponseTooLarge(chunk)
+        if chunk == 0 and sock.byte_budget is not None:
+            # Only trailers are left: they get the overhead allowance, not what the body did not use.
+            sock.byte_budget = min(sock.byte_budget, sock.bytes_received + sock.overhead_cap)
+        return chunk
+
+
 class _PinnedConnection(http.client.HTTPConnection):
     """http.client on a socket we opened to a checked address; Host header and SNI name the URL's host."""
+
+    response_class = _StrictResponse
 
     def __init__(self, target: _Target, sock: socket.socket):
         super().__init__(target.host, target.port)
@@ -431,9 +513,15 @@ def _request(
     conn: _PinnedConnection | None = None
     response: http.client.HTTPResponse | None = None
     try:
-        conn = _PinnedConnection(target, _connect(target, addresses, limits, deadline))
+        sock = _connect(target, addresses, limits, deadline)
+        conn = _PinnedConnection(target, sock)
         conn.request("GET", target.request_target, headers=REQUEST_HEADERS)
+        # From here on every byte read counts. Status line, headers and 1xx responses: the overhead
+        # allowance (plus one buffer of read-ahead, which may already hold body); then the body cap too.
+        sock.body_cap, sock.overhead_cap = limits.max_bytes, limits.max_overhead_bytes
+        sock.byte_budget = limits.max_overhead_bytes + io.DEFAULT_BUFFER_SIZE
         response = conn.getresponse()
+        sock.byte_budget = limits.max_bytes + limits.max_overhead_bytes
         if response.status in REDIRECT_STATUSES:
             location = response.getheader("Location")
             if not location:
@@ -455,6 +543,13 @@ def _request(
         return body, None
     except ServingError:
         raise
+    except _ResponseTooLarge:
+        raise ServingError(
+            413,
+            "image_too_large_bytes",
+            f"The response from {host} is larger than {limits.max_bytes} bytes of image plus "
+            f"{limits.max_overhead_bytes} bytes of headers and framing.",
+        ) from None
     except TimeoutError:
         raise ServingError(504, "upstream_timeout", f"{host} did not answer in time.") from None
     except ssl.SSLCertVerificationError as exc:
@@ -487,7 +582,10 @@ def _phrase(status: int) -> str:
 
 def _declared_length(value: str | None) -> int | None:
     value = (value or "").strip()
-    return int(value) if value.isdigit() else None
+    if not (value.isascii() and value.isdigit()):
+        return None
+    # More digits than any real length: treat as "huge" without int()'s 4300-digit limit.
+    return int(value) if len(value) <= 18 else 10**18
 
 
 def _check_content_type(value: str | None) -> None:
@@ -527,15 +625,48 @@ def _read_capped(read: Callable[[int], bytes], max_bytes: int, deadline: float) 
 # --- S3 -------------------------------------------------------------------------------------------
 
 
+class S3ReadError(ServingError):
+    """A ServingError from an S3 call that also keeps what S3 answered: its error code and HTTP status.
+
+    Callers of :func:`fetch` see the same status, code and message as before; bulk.py uses the extra
+    fields to tell a failure a retry can fix (throttling, 5xx, no answer) from one it cannot.
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, s3_code=None, http_status=None):
+        super().__init__(status, code, message)
+        self.s3_code = s3_code
+        self.http_status = http_status
+
+
+def check_s3_location(bucket: object, key: object) -> None:
+    """ServingError(400, "invalid_url") unless ``bucket`` is a bucket name and ``key`` a 1-1024 byte key."""
+    if not isinstance(bucket, str) or not valid_s3_bucket(bucket):
+        raise ServingError(400, "invalid_url", f"{_echo(str(bucket))!r} is not a valid S3 bucket name.")
+    if not isinstance(key, str) or not key or len(key.encode("utf-8", "surrogatepass")) > S3_MAX_KEY_BYTES:
+        raise ServingError(400, "invalid_url", f"The S3 URL needs a key of 1-{S3_MAX_KEY_BYTES} bytes.")
+
+
 def _parse_s3_url(url: str) -> tuple[str, str]:
     # Keys are taken verbatim (as the AWS CLI writes them): "?" and "#" are part of the key.
     rest = url.split("://", 1)[1]
     bucket, _, key = rest.partition("/")
-    if not S3_BUCKET_PATTERN.fullmatch(bucket):
-        raise ServingError(400, "invalid_url", f"{_echo(bucket)!r} is not a valid S3 bucket name.")
-    if not key or len(key.encode("utf-8")) > S3_MAX_KEY_BYTES:
-        raise ServingError(400, "invalid_url", f"The S3 URL needs a key of 1-{S3_MAX_KEY_BYTES} bytes.")
+    check_s3_location(bucket, key)
     return bucket, key
+
+
+def valid_s3_bucket(name: str) -> bool:
+    """S3's general-purpose bucket naming rules, as far as a name alone can break them."""
+    return (
+        S3_BUCKET_PATTERN.fullmatch(name) is not None
+        and ".." not in name
+        and S3_IPV4_LIKE.fullmatch(name) is None
+        and not name.startswith(S3_RESERVED_PREFIXES)
+    )
+
+
+def s3_client(limits: FetchLimits = FetchLimits()):
+    """The container's boto3 S3 client for these timeouts (one attempt per call, see _s3_client)."""
+    return _s3_client(limits.connect_timeout, limits.read_timeout)
 
 
 @lru_cache(maxsize=4)
@@ -559,38 +690,62 @@ def _s3_client(connect_timeout: float, read_timeout: float):
 
 def _fetch_s3(url: str, limits: FetchLimits, deadline: float) -> bytes:
     bucket, key = _parse_s3_url(url)
-    client = _s3_client(limits.connect_timeout, limits.read_timeout)
+    return _read_s3(bucket, key, limits, deadline)[0]
+
+
+def read_s3_object(
+    bucket: str, key: str, limits: FetchLimits = FetchLimits(), *, version_id: str | None = None
+) -> tuple[bytes, dict]:
+    """``(bytes, {"etag", "version_id"})`` of one object, with the same caps and errors as an s3:// URL."""
+    check_s3_location(bucket, key)
+    return _read_s3(bucket, key, limits, time.monotonic() + limits.total_timeout, version_id)
+
+
+def _read_s3(
+    bucket: str, key: str, limits: FetchLimits, deadline: float, version_id: str | None = None
+) -> tuple[bytes, dict]:
+    client = s3_client(limits)
     where = _echo(f"s3://{bucket}/{key}")
+    request = {"Bucket": bucket, "Key": key}
+    if version_id:
+        request["VersionId"] = version_id
     try:
-        response = client.get_object(Bucket=bucket, Key=key)
+        response = client.get_object(**request)
     except Exception as exc:  # botocore raises many types; all are upstream failures
-        raise _s3_error(exc, where) from None
+        raise s3_error(exc, where) from None
     body = response["Body"]
     try:
         length = response.get("ContentLength")
         if isinstance(length, int) and length > limits.max_bytes:
             raise _too_large(limits.max_bytes)
         _check_content_type(response.get("ContentType"))
-        return _read_capped(body.read, limits.max_bytes, deadline)
+        data = _read_capped(body.read, limits.max_bytes, deadline)
+        return data, {"etag": response.get("ETag"), "version_id": response.get("VersionId")}
     except ServingError:
         raise
     except TimeoutError:
         raise ServingError(504, "upstream_timeout", f"Reading {where} took too long.") from None
     except Exception as exc:
-        raise _s3_error(exc, where) from None
+        raise s3_error(exc, where) from None
     finally:
         body.close()
 
 
-def _s3_error(exc: Exception, where: str) -> ServingError:
+def s3_error(exc: Exception, where: str) -> S3ReadError:
+    """An exception from a boto3 S3 call as a ServingError that names ``where`` but no account details."""
     # Only the error code goes back: botocore's messages can name the function's role and account.
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code") or response.get("ResponseMetadata", {}).get(
-            "HTTPStatusCode", "unknown error"
+        http_status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = response.get("Error", {}).get("Code") or http_status or "unknown error"
+        return S3ReadError(
+            502,
+            "upstream_error",
+            f"S3 refused {where}: {_echo(str(code))}.",
+            s3_code=str(code),
+            http_status=http_status if isinstance(http_status, int) else None,
         )
-        return ServingError(502, "upstream_error", f"S3 refused {where}: {_echo(str(code))}.")
     name = type(exc).__name__
     if "Timeout" in name:
-        return ServingError(504, "upstream_timeout", f"S3 did not answer in time for {where}.")
-    return ServingError(502, "upstream_error", f"Reading {where} from S3 failed ({name}).")
+        return S3ReadError(504, "upstream_timeout", f"S3 did not answer in time for {where}.")
+    return S3ReadError(502, "upstream_error", f"Reading {where} from S3 failed ({name}).")

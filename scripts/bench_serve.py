@@ -23,10 +23,8 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +34,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
+from lambda_function.sidecar import read_sidecar  # noqa: E402
+from scripts.loopback import LoopbackServer, QuietHandler  # noqa: E402
+
 DEFAULT_MODEL = REPO_ROOT / "lambda_function" / "model" / "model.tflite"
 # A real CC0 photo from the dataset's test split (samples/README.md); else the first test image.
 DEFAULT_IMAGES = (REPO_ROOT / "samples" / "pants.jpg",)
-DATASET_TEST_DIRS = (
-    REPO_ROOT / "data" / "clothing-dataset-small" / "test",
-    Path("/work/shared/data/clothing-dataset-small/test"),
-)
+DATASET_TEST_DIRS = (REPO_ROOT / "data" / "clothing-dataset-small" / "test",)
 DEFAULT_REQUESTS = 1000
 # Requests before the "early" memory reading; they also warm caches and are left out of percentiles.
 EARLY_REQUESTS = 10
 DEFAULT_COLD_RUNS = 5
-# Targets from the issue (2-core machine, int8 model).
+# Targets for the bundled dynamic-range model on a 2-core machine (docs/benchmarks.md).
 TARGET_OVERHEAD = 0.15
 TARGET_COLD_START_S = 0.6
 TARGET_RSS_GROWTH_MB = 10.0
@@ -124,7 +122,7 @@ def find_image(explicit: Path | None) -> Path:
 def serve_bytes(data: bytes, content_type: str = "image/jpeg"):
     """Serve ``data`` at ``http://127.0.0.1:PORT/image`` for the duration of the block; yield the URL."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -134,19 +132,8 @@ def serve_bytes(data: bytes, content_type: str = "image/jpeg"):
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/image"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with LoopbackServer(Handler) as server:
+        yield server.url("/image")
 
 
 def rss_mb() -> tuple[float, float]:
@@ -164,10 +151,9 @@ class BareInvoke:
     """The model on its own interpreter: what inference costs with nothing around it."""
 
     def __init__(self, model: Path, threads: int, pixels_for):
-        from ai_edge_litert.interpreter import Interpreter
+        from lambda_function.classifier import load_interpreter  # the handler's own loader
 
-        self.interpreter = Interpreter(model_path=str(model), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        self.interpreter = load_interpreter(model, threads)
         (inp,), (out,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         self.input_index, self.output_index = inp["index"], out["index"]
         pixels = pixels_for((int(inp["shape"][1]), int(inp["shape"][2])))[None]
@@ -265,7 +251,7 @@ def run_benchmark(
         rss_final, rss_peak = rss_mb()
 
     warm = slice(EARLY_REQUESTS, None)
-    meta = json.loads(model.with_suffix(".json").read_text(encoding="utf-8"))
+    meta = read_sidecar(model)
     handler_p50, bare_p50 = percentile(handler_ms[warm], 50), percentile(bare_ms[warm], 50)
     totals = [a + b for a, b in cold]
     return Result(

@@ -22,9 +22,15 @@ import py_compile
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+try:  # run as a script (sam build, make) or imported as scripts.build_artifact (tests)
+    import abi_gate
+except ImportError:
+    from scripts import abi_gate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO_ROOT / "lambda_function"
@@ -41,6 +47,19 @@ DEFAULT_ARCH = "x86_64"
 LAMBDA_PLATFORM_TAGS = {
     "x86_64": ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux2014_x86_64"),
     "arm64": ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64"),
+}
+# Versions pip cannot choose by itself, per architecture (pip constraints). pip picks the newest wheel
+# whose platform tag fits, but the tag says only "glibc 2.27" while a library may need a newer
+# libstdc++ than Lambda's, and then its import fails on Lambda. Measured 2026-12-03 with
+# scripts/abi_gate.py on the cp312 manylinux_2_27_aarch64 wheels of ai-edge-litert:
+#   2.1.1 ... 2.3.0  need GLIBCXX_3.4.30 (Amazon Linux 2023 has 3.4.29): fail the gate;
+#   2.1.0            needs GLIBCXX_3.4.26 / GLIBC_2.34 at most: passes, 24 MB;
+#   2.0.2, 2.0.3     pass, but one 291 MB library makes the artifact 395 MB (Lambda's limit: 250 MB).
+# The x86_64 wheels (2.3.0 included) need GLIBCXX_3.4.22 at most: no pin. An environment marker in
+# requirements.txt cannot do this: pip evaluates markers for the machine it runs on, not --platform.
+ARCH_PINS = {
+    "x86_64": (),
+    "arm64": ("ai-edge-litert==2.1.0",),
 }
 # Never shipped: dev caches and build-only files (the Makefile, requirements, tests).
 EXCLUDE = ("__pycache__", "*.pyc", "*.pyo", ".*", "Makefile", "requirements*.txt", "tests", "*.egg-info")
@@ -59,6 +78,8 @@ PRUNE = {
 PYC_MODE = "UNCHECKED_HASH"
 # Lambda's unzipped limit is 250 MB; our budget is lower so a bigger model still fits.
 SIZE_BUDGET_BYTES = 160 * 1000 * 1000
+# Lambda refuses a deployment package (function code and layers) over this, unzipped: a build error.
+LAMBDA_UNZIPPED_LIMIT_BYTES = 250 * 1024 * 1024
 
 
 class BuildError(RuntimeError):
@@ -74,6 +95,8 @@ class Artifact:
     arch: str
     pruned_bytes: int
     bytecode: bool
+    # ELF files the ABI gate checked (None: the gate did not run)
+    abi_checked: int | None = None
 
 
 def pip_install_command(
@@ -107,7 +130,13 @@ def install_dependencies(
 ) -> None:
     read_requirements(requirements)  # a clear error for a missing file before pip's long one
     command = pip_install_command(requirements, target, platform, python_version, arch)
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory() as scratch:
+        pins = ARCH_PINS.get(arch, ()) if platform == "lambda" else ()
+        if pins:
+            constraints = Path(scratch) / f"constraints-{arch}.txt"
+            constraints.write_text("".join(f"{pin}\n" for pin in pins), encoding="utf-8")
+            command += ["--constraint", str(constraints)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise BuildError(
             f"pip failed (exit {result.returncode}) installing {requirements} for {platform} "
@@ -240,6 +269,7 @@ def build_artifact(
     package: Path = PACKAGE_DIR,
     deps: str | None = None,
     bytecode: bool | None = None,
+    gate: bool | None = None,
 ) -> Artifact:
     """Build the artifact in ``out`` and return its size.
 
@@ -247,6 +277,8 @@ def build_artifact(
     ``platform="lambda"`` cross-installs for the Lambda runtime ``python_version`` on ``arch``.
     ``deps`` is "pip" or "env" (copy from this environment; local only), default per platform.
     ``bytecode``: ship .pyc files; None = when this interpreter is the target Python (it compiles them).
+    ``gate``: check the libraries against the Lambda ABI baseline (scripts/abi_gate.py) and Lambda's
+    size limit; None = for ``platform="lambda"``. A failed gate raises BuildError.
     """
     local_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     if platform == "local":
@@ -281,9 +313,28 @@ def build_artifact(
         install_dependencies(Path(requirements), out, platform, python_version, arch)
     copy_package(Path(package), out)
     pruned = prune(out)
+    checked = check_abi(out) if (platform == "lambda" if gate is None else gate) else None
     if bytecode:
         compile_bytecode(out)
-    return Artifact(out, directory_size(out), platform, python_version, arch, pruned, bytecode)
+    size = directory_size(out)
+    if checked is not None and size > LAMBDA_UNZIPPED_LIMIT_BYTES:
+        raise BuildError(
+            f"the artifact is {size / 1e6:.1f} MB unzipped; Lambda refuses more than "
+            f"{LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB. Fix: a smaller wheel (see ARCH_PINS) or model."
+        )
+    return Artifact(out, size, platform, python_version, arch, pruned, bytecode, checked)
+
+
+def check_abi(root: Path) -> int:
+    """Run the ABI gate on ``root``; return the number of ELF files checked, or raise BuildError."""
+    checked, violations = abi_gate.check_tree(root)
+    if violations:
+        lines = "\n".join(f"  {violation.message(root)}" for violation in violations)
+        raise BuildError(
+            f"{len(violations)} symbol version(s) in {root} would not load on Lambda "
+            f'(the import fails there with "version ... not found"):\n{lines}'
+        )
+    return checked
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -307,6 +358,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="ship .pyc files (default: yes when this interpreter is the target Python)",
     )
+    parser.add_argument(
+        "--abi-gate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="check every ELF file against the Lambda ABI baseline (default: for --platform lambda)",
+    )
     return parser.parse_args(argv)
 
 
@@ -321,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             args.requirements,
             deps=args.deps,
             bytecode=args.bytecode,
+            gate=args.abi_gate,
         )
     except BuildError as exc:
         print(f"build_artifact: error: {exc}", file=sys.stderr)
@@ -331,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{artifact.size_bytes} bytes ({megabytes:.1f} MB) unzipped "
         f"({artifact.pruned_bytes / 1e6:.1f} MB pruned)"
     )
+    if artifact.abi_checked is not None:
+        print(f"ABI gate: {artifact.abi_checked} ELF files load on {abi_gate.LAMBDA_AL2023.name}")
     if not artifact.bytecode:
         print(
             f"note: no bytecode shipped (built by Python {sys.version_info.major}.{sys.version_info.minor}); "

@@ -10,26 +10,23 @@ import argparse
 import functools
 import os
 import sys
-import threading
 import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.loopback import LoopbackServer, QuietHandler  # noqa: E402
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 
 
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
-        pass
+class QuietFileHandler(QuietHandler, SimpleHTTPRequestHandler):
+    """Files of one folder, no request log."""
 
 
-def serve(directory: Path) -> ThreadingHTTPServer:
-    handler = functools.partial(QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def serve(directory: Path) -> LoopbackServer:
+    return LoopbackServer(functools.partial(QuietFileHandler, directory=str(directory)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,9 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no images in {args.samples}", file=sys.stderr)
         return 2
     server = serve(args.samples)
-    host, port = server.server_address[:2]
     # The handler refuses loopback addresses unless the exact host:port is allowed: this is that opt-in.
-    os.environ["FETCH_ALLOWED_HOSTS"] = f"{host}:{port}"
+    os.environ["FETCH_ALLOWED_HOSTS"] = server.host
     # The handler's one-JSON-line-per-request log is for CloudWatch; here it would bury the table.
     os.environ.setdefault("LOG_LEVEL", "WARNING")
 
@@ -58,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in images:
         truth = path.stem
         started = time.perf_counter()
-        body = app.lambda_handler({"url": f"http://{host}:{port}/{path.name}", "top_k": args.top_k}, None)
+        body = app.lambda_handler({"url": server.url(f"/{path.name}"), "top_k": args.top_k}, None)
         elapsed = (time.perf_counter() - started) * 1000
         if "error" in body:
             print(f"{path.name:<16} {truth:<11} ERROR {body['error']['code']}: {body['error']['message']}")
@@ -68,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         correct += hit
         shown = "  ".join(f"{p['label']} {p['score']:.2f}" for p in predictions)
         print(f"{path.name:<16} {truth:<11} {shown:<52} {elapsed:6.0f} {'ok' if hit else 'MISS'}")
-    server.shutdown()
+    server.close()
     print(f"{correct}/{len(images)} correct (model {body.get('model', '?')})")
     return 0
 

@@ -6,14 +6,14 @@ Nothing here imports TensorFlow, and the only network traffic is on 127.0.0.1.
 from __future__ import annotations
 
 import importlib
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from scripts.loopback import LoopbackServer, QuietHandler
 
 # Re-exported: some test modules import these names from here (tests.fixtures.* is their home).
 from tests.fixtures.images import BLUE, GREEN, RED, WHITE, encode, raw_png, solid  # noqa: F401
@@ -99,7 +99,7 @@ class ImageServer:
 
 
 def _make_handler(server: ImageServer):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):  # noqa: N802 (http.server's naming)
             server.requests.append(self.path)
             route = server.routes.get(self.path.split("?")[0])
@@ -116,9 +116,6 @@ def _make_handler(server: ImageServer):
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up (size cap, timeout): that is what some tests check
 
-        def log_message(self, *args):
-            pass
-
     return Handler
 
 
@@ -126,17 +123,9 @@ def _make_handler(server: ImageServer):
 def image_server() -> Iterator[ImageServer]:
     """A loopback image server; NOT yet allowed by the fetcher (use ``allowed_server`` for that)."""
     state = ImageServer(port=0)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
-    httpd.daemon_threads = True
-    state.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with LoopbackServer(_make_handler(state)) as server:
+        state.port = server.port
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -1,39 +1,48 @@
-"""``python -m train``: a thin CLI over :class:`train.config.TrainConfig` and :func:`train.trainer.train`."""
+"""``python -m train``: a thin CLI over :class:`train.config.TrainConfig` and :func:`train.trainer.train`.
+
+Every option is generated from a TrainConfig field: its name, its type (``X | None`` takes an X), its
+default and its ``help`` / ``choices`` metadata (``train.config.option``), so the CLI cannot drift from
+the config. Expected failures (``train.errors.TrainError``) print one line and exit 2, no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
+import types
+import typing
 
-from lambda_function.preprocess import RESIZE_MODES
-from train.config import TrainConfig, field_help
-
-# How each annotation (a string, under ``from __future__ import annotations``) is parsed from the CLI.
-_PARSERS = {"Path": Path, "Path | None": Path, "str": str, "int": int, "int | None": int, "float": float}
+from train.config import TrainConfig
+from train.errors import TrainError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def cli_type(annotation) -> type:
+    """The type argparse converts a value to: ``int | None`` -> int, ``Path`` -> Path."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return inner
+    return annotation
+
+
+def build_parser(config_class: type = TrainConfig) -> argparse.ArgumentParser:
+    """One ``--option`` per init field of ``config_class`` (a dataclass of ``train.config.option`` fields)."""
     parser = argparse.ArgumentParser(
         prog="python -m train",
         description="Train the clothing classifier: frozen Xception features (cached) + a small head. "
         "Writes model.keras, labels.json, config.json, history.json, metrics.json and PNGs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    helps = field_help()
-    for f in dataclasses.fields(TrainConfig):
+    hints = typing.get_type_hints(config_class)  # real types, not the strings of `from __future__`
+    for f in dataclasses.fields(config_class):
         if not f.init:
             continue
-        kwargs: dict = {"default": f.default, "help": helps.get(f.name, "")}
-        if f.type == "bool":  # --standardize / --no-standardize
+        kwargs: dict = {"default": f.default, "help": f.metadata["help"], **f.metadata.get("cli", {})}
+        kind = cli_type(hints[f.name])
+        if kind is bool:  # --standardize / --no-standardize
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _PARSERS[f.type]
-        if f.name == "feature_backend":
-            kwargs["choices"] = ("litert", "keras")
-        if f.name == "resize":
-            kwargs["choices"] = RESIZE_MODES
+            kwargs["type"] = kind
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
     return parser
 
@@ -46,13 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Imported after parsing so that --help and argument errors answer without loading TensorFlow.
-    from train.data import DataError
-    from train.features import WeightsError
     from train.trainer import train
 
     try:
         train(config)
-    except (DataError, WeightsError) as exc:
+    except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

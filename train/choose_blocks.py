@@ -132,12 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from train.data import DataError
-    from train.features import WeightsError
+    from train.errors import TrainError
 
     try:
         rows = choose(config, args.folds, args.epochs)
-    except (DataError, WeightsError) as exc:
+    except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Every training default in one place. The CLI (``python -m train --help``) is generated from this file.
+"""Every training default in one place. The CLI (``python -m train --help``) is generated from these fields.
 
 Defaults were chosen without the test split, which is read once, at the end, to report: head settings on
 the validation split, the pooled blocks by 5-fold cross-validation on train + validation (3409 images,
@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lambda_function.preprocess import DEFAULT_RESIZE, check_resize_mode
+from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES, check_resize_mode
 from train.augment import SHEAR_DEG, ZOOM
 from train.data import MAX_UNREADABLE_FRACTION
 
@@ -35,6 +34,14 @@ NO_WEIGHTS = "none"
 FEATURE_BACKENDS = ("litert", "keras")
 LAST_BLOCK = 14  # Xception's last block; its output (2048 channels) is the base's output
 FIRST_RESIDUAL_BLOCK = 2  # blocks 2..13 each end with a residual Add layer
+
+
+def option(default, help: str, **cli):  # noqa: A002 - argparse's word
+    """A TrainConfig field with its ``--help`` text (and extra argparse settings, e.g. ``choices``).
+
+    ``python -m train``'s options are generated from these fields (train/__main__.py).
+    """
+    return field(default=default, metadata={"help": help, "cli": cli})
 
 
 def parse_blocks(text: str, name: str = "pooled_blocks") -> tuple[int, ...]:
@@ -52,35 +59,61 @@ def parse_blocks(text: str, name: str = "pooled_blocks") -> tuple[int, ...]:
 
 @dataclass
 class TrainConfig:
-    data_dir: Path = Path("data/clothing-dataset-small")  # holds train/ validation/ test/<class>/*.jpg
-    output_dir: Path = Path("artifacts/train")  # where model.keras, labels.json, metrics.json and PNGs go
-    weights: str = "imagenet"  # "imagenet" (Keras download), a local .weights.h5 path, or "none"
-    image_size: int = 352  # square input side in pixels (Xception was trained at 299; needs >= 71)
-    resize: str = DEFAULT_RESIZE  # how photos become squares: squash, letterbox (grey pad) or crop (centre)
-    extra_dir: Path | None = None  # more LABEL/IMAGE photos to train on (e.g. clothing-dataset-extra)
-    pooled_blocks: str = "11,12,13,14"  # Xception blocks (2-14) whose pooled outputs are concatenated
-    standardize: bool = True  # scale each feature to zero mean, unit variance (inside the head)
-    train_views: int = 1  # views per training image: 0 = image, 1 = h-flip, 2.. = random shear/zoom/flip
-    epochs: int = 60  # head epochs on cached features (cheap: seconds each)
-    batch_size: int = 32  # head training batch size
-    learning_rate: float = 1e-3  # Adam learning rate
-    dense_units: int = 100  # hidden Dense layer of the head (the seed's Dense(100)); 0 = no hidden layer
-    dropout: float = 0.5  # dropout after the hidden layer (and on the features when 0 dense units)
-    label_smoothing: float = 0.0  # CategoricalCrossentropy label smoothing
-    weight_decay: float = 0.0  # AdamW decoupled weight decay; 0 = plain Adam
-    seed: int = 42  # python / numpy / keras seeds and the random augmentation views
-    feature_backend: str = "litert"  # "litert" (about 3x faster on CPU) or "keras" to run the frozen base
-    num_threads: int | None = None  # threads for the frozen base; None = os.cpu_count()
-    cache_dir: Path | None = None  # feature cache; None = <output_dir>/cache
-    limit_per_class: int | None = None  # keep only the first N images per class and split (quick runs)
-    shear_deg: float = SHEAR_DEG  # max shear angle of random views, degrees (the seed's shear_range=10)
-    zoom: float = ZOOM  # max zoom in/out of random views (the seed's zoom_range=0.1)
-    max_unreadable_fraction: float = MAX_UNREADABLE_FRACTION  # stop above this unreadable share of a split
-    check_images: int = 8  # test images used to prove full model == head(features)
-    fine_tune: bool = False  # after the head: train the exit flow too (slow on CPU; accuracy unmeasured)
-    fine_tune_blocks: str = "13,14"  # Xception blocks unfrozen by --fine-tune (BatchNorm stays frozen)
-    fine_tune_epochs: int = 3  # epochs of fine-tuning on pixels (each runs the whole base)
-    fine_tune_learning_rate: float = 1e-5  # low, so the ImageNet features are adjusted, not erased
+    data_dir: Path = option(
+        Path("data/clothing-dataset-small"), "holds train/ validation/ test/<class>/*.jpg"
+    )
+    output_dir: Path = option(
+        Path("artifacts/train"), "where model.keras, labels.json, metrics.json and PNGs go"
+    )
+    weights: str = option("imagenet", '"imagenet" (Keras download), a local .weights.h5 path, or "none"')
+    image_size: int = option(352, "square input side in pixels (Xception was trained at 299; needs >= 71)")
+    resize: str = option(
+        DEFAULT_RESIZE,
+        "how photos become squares: squash, letterbox (grey pad) or crop (centre)",
+        choices=RESIZE_MODES,
+    )
+    extra_dir: Path | None = option(
+        None, "a folder of more LABEL/IMAGE photos to train on (as the extra dataset)"
+    )
+    pooled_blocks: str = option("11,12,13,14", "Xception blocks (2-14) whose pooled outputs are concatenated")
+    standardize: bool = option(True, "scale each feature to zero mean, unit variance (inside the head)")
+    train_views: int = option(1, "views per image: 1 = the image, 2 = + h-flip, 3.. = + shear/zoom/flip")
+    epochs: int = option(60, "head epochs on cached features (cheap: seconds each)")
+    batch_size: int = option(32, "head training batch size")
+    learning_rate: float = option(1e-3, "Adam learning rate")
+    dense_units: int = option(
+        100, "hidden Dense layer of the head (the seed's Dense(100)); 0 = no hidden layer"
+    )
+    dropout: float = option(0.5, "dropout after the hidden layer (and on the features when 0 dense units)")
+    label_smoothing: float = option(0.0, "CategoricalCrossentropy label smoothing")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay; 0 = plain Adam")
+    seed: int = option(42, "python / numpy / keras seeds and the random augmentation views")
+    feature_backend: str = option(
+        "litert",
+        '"litert" (about 3x faster on CPU) or "keras" to run the frozen base',
+        choices=FEATURE_BACKENDS,
+    )
+    num_threads: int | None = option(None, "threads for the frozen base; None = os.cpu_count()")
+    cache_dir: Path | None = option(None, "feature cache; None = <output_dir>/cache")
+    limit_per_class: int | None = option(
+        None, "keep only the first N images per class and split (quick runs)"
+    )
+    shear_deg: float = option(
+        SHEAR_DEG, "max shear angle of random views, degrees (the seed's shear_range=10)"
+    )
+    zoom: float = option(ZOOM, "max zoom in/out of random views (the seed's zoom_range=0.1)")
+    max_unreadable_fraction: float = option(
+        MAX_UNREADABLE_FRACTION, "stop above this unreadable share of a split"
+    )
+    check_images: int = option(8, "test images used to prove full model == head(features)")
+    fine_tune: bool = option(
+        False, "after the head: train the exit flow too (slow on CPU; accuracy unmeasured)"
+    )
+    fine_tune_blocks: str = option(
+        "13,14", "Xception blocks unfrozen by --fine-tune (BatchNorm stays frozen)"
+    )
+    fine_tune_epochs: int = option(3, "epochs of fine-tuning on pixels (each runs the whole base)")
+    fine_tune_learning_rate: float = option(1e-5, "low, so the ImageNet features are adjusted, not erased")
 
     # Not a hyper-parameter: filled in by __post_init__ so the rest of the code never re-derives it.
     resolved_cache_dir: Path = field(init=False, repr=False)
@@ -135,10 +168,6 @@ class TrainConfig:
         return out
 
 
-_FIELD_LINE = re.compile(r"^    (\w+): [^=]+= .*?  # (.+)$")
-
-
 def field_help() -> dict[str, str]:
-    """{field name: its one-line comment above}, so ``--help`` and this file never disagree."""
-    source = Path(__file__).read_text(encoding="utf-8")
-    return {m.group(1): m.group(2).strip() for m in map(_FIELD_LINE.match, source.splitlines()) if m}
+    """{field name: its help}: the same text ``python -m train --help`` shows."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.init}

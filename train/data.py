@@ -1,7 +1,9 @@
 """Find the dataset on disk and load its pixels with the serving code's preprocessing.
 
 Layout: ``DIR/{train,validation,test}/<class>/<image>``. Class names are the sorted folder names of
-``train``; the other splits must have exactly the same folders. Only numpy, Pillow and tqdm here.
+``train``; the other splits must have exactly the same folders. :func:`list_split` is the one listing of
+this layout (conversion and the model card use it too). Only numpy and Pillow at import (tqdm when
+loading), so the model card can list a split with the runtime requirements alone.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from lambda_function.errors import ServingError
 from lambda_function.preprocess import DEFAULT_RESIZE, load_image_file
+from train.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 # Optional table next to a LABEL/IMAGE folder (clothing-dataset-extra has one): image, label, kids, sender_id.
@@ -22,10 +24,6 @@ IMAGE_TABLE = "images.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 # Above this share of undecodable files in a split, something is wrong with the data, not one file.
 MAX_UNREADABLE_FRACTION = 0.05
-
-
-class DataError(Exception):
-    """The dataset on disk cannot be used; the message says what to fix."""
 
 
 @dataclass
@@ -63,6 +61,47 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def list_split(
+    data_dir: str | Path,
+    split: str,
+    class_names: list[str],
+    *,
+    limit_per_class: int | None = None,
+    subset: bool = False,
+    reference: str = "train's",
+) -> tuple[list[Path], np.ndarray]:
+    """Every image of ``DATA_DIR/split/<class>/`` in ``class_names`` order, and its class index.
+
+    Hidden files and folders are skipped; a class folder without images is an error. The split's class
+    folders must be exactly ``class_names``, or with ``subset`` any of them (a model's labels may name a
+    class that a small split lacks); ``reference`` names where ``class_names`` came from in messages.
+    """
+    split_dir = Path(data_dir) / split
+    if not split_dir.is_dir():
+        raise DataError(f"Split folder not found: {split_dir}")
+    found = _class_dirs(split_dir)
+    extra = sorted(set(found) - set(class_names))
+    lacking = [] if subset else sorted(set(class_names) - set(found))
+    if extra or lacking:
+        raise DataError(
+            f"Class folders of {split_dir} differ from {reference}: "
+            f"missing {lacking or 'none'}, unexpected {extra or 'none'}."
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(class_names):
+        if name not in found:
+            continue
+        files = sorted(p for p in (split_dir / name).iterdir() if _is_image(p))
+        if not files:
+            raise DataError(f"Class folder {split_dir / name} has no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        if limit_per_class is not None:
+            files = files[:limit_per_class]
+        paths.extend(files)
+        labels.extend([index] * len(files))
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
 def discover(data_dir: str | Path, limit_per_class: int | None = None) -> Dataset:
     """Index every split of ``data_dir``; raise DataError with a clear message if it is unusable."""
     root = Path(data_dir)
@@ -79,28 +118,8 @@ def discover(data_dir: str | Path, limit_per_class: int | None = None) -> Datase
         raise DataError(f"{root / 'train'} needs at least 2 class folders, found {len(class_names)}.")
     dataset = Dataset(root=root, class_names=class_names)
     for split in SPLITS:
-        split_dir = root / split
-        found = _class_dirs(split_dir)
-        if found != class_names:
-            extra = sorted(set(found) - set(class_names))
-            lacking = sorted(set(class_names) - set(found))
-            raise DataError(
-                f"Class folders of {split_dir} differ from train's: "
-                f"missing {lacking or 'none'}, unexpected {extra or 'none'}."
-            )
-        paths: list[Path] = []
-        labels: list[int] = []
-        for index, name in enumerate(class_names):
-            files = sorted(p for p in (split_dir / name).iterdir() if _is_image(p))
-            if not files:
-                raise DataError(
-                    f"Class folder {split_dir / name} has no images ({', '.join(IMAGE_EXTENSIONS)})."
-                )
-            if limit_per_class is not None:
-                files = files[:limit_per_class]
-            paths.extend(files)
-            labels.extend([index] * len(files))
-        dataset.splits[split] = Split(split, paths, np.asarray(labels, dtype=np.int64))
+        paths, labels = list_split(root, split, class_names, limit_per_class=limit_per_class)
+        dataset.splits[split] = Split(split, paths, labels)
     return dataset
 
 
@@ -157,6 +176,8 @@ def load_split(
     Undecodable files are skipped with a printed warning (never silently); if more than
     ``max_unreadable_fraction`` of the split is undecodable, DataError is raised instead.
     """
+    from tqdm import tqdm  # here, not at the top: listing a split needs the runtime requirements only
+
     height, width = size
     images = np.empty((len(paths), height, width, 3), dtype=np.uint8)
     kept: list[int] = []

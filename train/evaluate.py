@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.classifier import softmax  # the runtime's softmax, so scores match serving
+from lambda_function.jsonfile import JSONFileError, labels_problem, read_json
 
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -233,7 +234,8 @@ def evaluate_saved_model(
 
     from convert.errors import ModelLoadError
     from convert.savedmodel import load_resize
-    from train.data import DataError, discover, discover_folder, load_split, read_image_table
+    from train.data import discover, discover_folder, load_split, read_image_table
+    from train.errors import DataError
 
     model_path = Path(model_path)
     labels_path = model_path.with_name("labels.json")
@@ -241,7 +243,13 @@ def evaluate_saved_model(
         raise DataError(f"Model file not found: {model_path}")
     if not labels_path.is_file():
         raise DataError(f"labels.json not found next to the model: {labels_path}")
-    labels = json.loads(labels_path.read_text())
+    try:
+        labels = read_json(labels_path, "Labels file")
+    except JSONFileError as exc:
+        raise DataError(str(exc)) from None
+    problem = labels_problem(labels)
+    if problem:
+        raise DataError(f"{labels_path}: {problem}.")
     try:
         resize = load_resize(model_path)
     except ModelLoadError as exc:
@@ -305,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write metrics.json and PNGs (default: MODEL_DIR/evaluation-SPLIT or -FOLDER)",
     )
     args = parser.parse_args(argv)
-    from train.data import DataError
+    from train.errors import TrainError
 
     try:
         report = evaluate_saved_model(args.model, args.data_dir, args.split, args.output_dir, args.images_dir)
-    except DataError as exc:
+    except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{report['split']} accuracy {report['accuracy']:.4f} on {report['num_images']} images")

@@ -22,8 +22,9 @@ import numpy as np
 from keras import layers
 from tqdm import tqdm
 
-from lambda_function.classifier import file_sha256
+from lambda_function.sidecar import file_sha256
 from train.config import FIRST_RESIDUAL_BLOCK, LAST_BLOCK, NO_WEIGHTS
+from train.errors import WeightsError
 
 # Images per LiteRT invoke. Measured on 2 cores (XNNPACK, 299x299): batch 1 and 4 ran at the same
 # speed, so one image per invoke keeps memory small and the tqdm bar smooth.
@@ -31,10 +32,6 @@ LITERT_BATCH = 1
 KERAS_BATCH = 16
 # Bumped whenever the cached bytes would change for the same key (new base, new pooling...).
 CACHE_VERSION = 2
-
-
-class WeightsError(Exception):
-    """The base's weights could not be loaded (no download possible, missing or incompatible file)."""
 
 
 def keras_weights_arg(weights: str) -> str | None:
@@ -140,16 +137,16 @@ class LiteRTExtractor:
     """Runs an exported extractor with LiteRT (XNNPACK), which is ~3x faster than Keras on 2 cores."""
 
     def __init__(self, tflite_path: str | Path, num_threads: int, batch: int = LITERT_BATCH):
-        from ai_edge_litert.interpreter import Interpreter
+        from lambda_function.classifier import load_interpreter  # the Lambda's, so features match serving
 
-        self.interpreter = Interpreter(model_path=str(tflite_path), num_threads=num_threads)
+        self.interpreter = load_interpreter(tflite_path, num_threads)
         self.input = self.interpreter.get_input_details()[0]
         self.batch = batch
         if batch != 1:
             shape = list(self.input["shape"])
             shape[0] = batch
             self.interpreter.resize_tensor_input(self.input["index"], shape)
-        self.interpreter.allocate_tensors()
+            self.interpreter.allocate_tensors()
         output = self.interpreter.get_output_details()[0]
         self.output_index = output["index"]
         self.dim = int(output["shape"][-1])

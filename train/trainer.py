@@ -27,7 +27,8 @@ from lambda_function.preprocess import DEFAULT_RESIZE
 from train import evaluate
 from train.augment import make_view, view_rng
 from train.config import TrainConfig
-from train.data import DataError, Dataset, Skipped, discover, discover_folder, load_split
+from train.data import Dataset, Skipped, discover, discover_folder, load_split
+from train.errors import AssemblyError, DataError
 from train.features import (
     build_extractor,
     cache_key,
@@ -290,7 +291,7 @@ def check_assembly(
     full = np.asarray(model(images.astype(np.float32), training=False))
     diff = float(np.abs(full - head_logits[:count]).max())
     if diff > ASSEMBLY_TOLERANCE:
-        raise RuntimeError(
+        raise AssemblyError(
             f"The saved full model disagrees with head(features) by {diff:.2e} (> {ASSEMBLY_TOLERANCE}); "
             "the cached features do not match this extractor (delete the cache and rerun)."
         )

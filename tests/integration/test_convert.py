@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from convert import report  # noqa: E402
+from convert import install as installer  # noqa: E402
 from convert.__main__ import main  # noqa: E402
 from convert.errors import ModelLoadError, UnknownVariantError, ValidationError  # noqa: E402
 from convert.metadata import read_sidecar, sha256_file  # noqa: E402
@@ -165,7 +165,7 @@ def test_keras_reference_is_cached(converted, keras_model_path):
 
 def test_install_writes_model_and_sidecar_to_dest(converted, tmp_path):
     result, _ = converted
-    installed = report.install(result.models["tflite-int8"], tmp_path / "model")
+    installed = installer.install(result.models["tflite-int8"], tmp_path / "model")
     assert installed == tmp_path / "model" / "model.tflite"
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["variant"] == "int8"
@@ -175,7 +175,7 @@ def test_install_writes_model_and_sidecar_to_dest(converted, tmp_path):
 def test_choose_variant_picks_a_validated_tflite_variant(converted):
     result, _ = converted
     keras_accuracy = result.rows[0]["accuracy"]
-    chosen = report.choose_variant(result.rows, keras_accuracy)
+    chosen = installer.choose_variant(result.rows, keras_accuracy)
     assert chosen["format"] == "tflite" and chosen["passed"]
     fastest = min(
         r["latency_p50_ms"]
@@ -221,8 +221,29 @@ def test_failed_variant_is_reported_and_not_installable(keras_model_path, data_d
     assert [f.variant for f in result.failures] == ["tflite-fp32"]
     assert read_sidecar(result.models["tflite-fp32"])["validation"]["passed"] is False
     with pytest.raises(Exception, match="failed validation"):
-        report.install(result.models["tflite-fp32"], tmp_path / "dest")
+        installer.install(result.models["tflite-fp32"], tmp_path / "dest")
     assert not (tmp_path / "dest" / "model.tflite").exists()
+
+
+def test_installing_also_writes_the_ondevice_variant(keras_model_path, data_dir, tmp_path):
+    pytest.importorskip("mediapipe")
+    from convert.ondevice import FILE_NAME, read_metadata
+
+    options = ConvertOptions(
+        formats=("tflite",),
+        variants=("fp32",),
+        data_dir=data_dir,
+        latency_runs=1,
+        install="fp32",
+        install_dir=tmp_path / "installed",
+    )
+    result = run(keras_model_path, tmp_path / "out", options)
+    assert not result.failures
+    row = next(r for r in result.rows if r["variant"] == "tflite-ondevice")
+    assert row["passed"] and row["top1_agreement"] == 1.0 and row["max_abs_diff"] < 1e-4
+    assert read_metadata((tmp_path / "out" / FILE_NAME).read_bytes())["labels"] == LABELS
+    # The Lambda keeps its logits model.
+    assert read_sidecar(result.installed)["output"] == "logits"
 
 
 def test_missing_model_file(tmp_path):

@@ -19,7 +19,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lambda_function.events import BATCH, DIRECT, PROXY_V1, PROXY_V2, parse_event
+from lambda_function.bulk import RetryLater
+from lambda_function.events import (
+    BATCH,
+    BULK_KINDS,
+    DIRECT,
+    MAP_BATCH,
+    PROXY_V1,
+    PROXY_V2,
+    S3_BATCH,
+    S3_NOTIFICATION,
+    event_kind,
+    parse_bulk_event,
+    parse_event,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
@@ -34,7 +47,20 @@ EXPECTED_EVENT_KINDS = {
     "apigw-v1.json": PROXY_V1,
     "http-api-v2.json": PROXY_V2,
     "function-url.json": PROXY_V2,
+    "s3-notification.json": S3_NOTIFICATION,
+    "s3-batch-operations.json": S3_BATCH,
+    "map-batch.json": MAP_BATCH,
 }
+# Every bulk part switched on (their defaults are all off), for lint and translation.
+BULK_ON = {
+    "S3BucketName": "my-clothing-photos",
+    "ResultsBucket": "my-clothing-results",
+    "UploadBucketName": "my-clothing-uploads",
+    "TagObjects": "true",
+    "BulkStateMachine": "true",
+    "BatchOperationsRole": "true",
+}
+BULK_CONDITIONS = ["HasS3Bucket", "HasResults", "HasUploads", "TagsWanted"]
 # Translating the template needs a region; this one is never contacted.
 OFFLINE_REGION = "us-east-1"
 TRANSLATE = """
@@ -138,6 +164,57 @@ def translate(sam: Path, env: dict[str, str], parameters: dict[str, str]) -> dic
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def is_s3_grant(permission: dict) -> bool:
+    """The upload bucket's notification grant: S3 only, from this account and that bucket only."""
+    properties = permission["Properties"]
+    if properties["Principal"] != "s3.amazonaws.com":
+        return False
+    assert permission["Condition"] == "HasUploads" and properties["Action"] == "lambda:InvokeFunction"
+    assert properties["SourceAccount"] == {"Ref": "AWS::AccountId"}
+    assert properties["SourceArn"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${UploadBucketName}"}
+    return True
+
+
+def with_defaults(text: str, defaults: dict[str, str]) -> str:
+    """template.yaml's text with the Default of each named String parameter replaced."""
+    for name, value in defaults.items():
+        pattern = re.compile(rf"(\n  {name}:\n    Type: String\n    Default: )[^\n]*")
+        text, count = pattern.subn(lambda m, v=value: m.group(1) + json.dumps(v), text)
+        assert count == 1, name
+    return text
+
+
+def evaluate(expression, parameters: dict[str, str]):
+    """A CloudFormation rule or condition expression, with Ref resolved from ``parameters``."""
+    if not isinstance(expression, dict):
+        return expression
+    ((name, args),) = expression.items()
+    if name == "Ref":
+        return parameters[args]
+    if name == "Condition":
+        return evaluate(load_template()["Conditions"][args], parameters)
+    values = [evaluate(a, parameters) for a in args]
+    return {
+        "Fn::Equals": lambda: values[0] == values[1],
+        "Fn::Not": lambda: not values[0],
+        "Fn::And": lambda: all(values),
+        "Fn::Or": lambda: any(values),
+    }[name]()
+
+
+def refused_by(parameters: dict[str, str]) -> list[str]:
+    """The AssertDescriptions of the template's Rules that ``parameters`` (over the defaults) break."""
+    template = load_template()
+    values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    values.update(parameters)
+    broken = []
+    for rule in template["Rules"].values():
+        if not evaluate(rule.get("RuleCondition", True), values):
+            continue
+        broken += [a["AssertDescription"] for a in rule["Assertions"] if not evaluate(a["Assert"], values)]
+    return broken
+
+
 def make_dry_run(**variables: str) -> str:
     args = [f"{k}={v}" for k, v in {"ARTIFACTS_DIR": "/nonexistent/artifacts", **variables}.items()]
     result = subprocess.run(
@@ -154,15 +231,25 @@ def make_dry_run(**variables: str) -> str:
 # ---------------------------------------------------------------- sam itself
 
 
-def test_sam_validate_lint_passes(sam, offline_env):
-    result = subprocess.run(
-        [str(sam), "validate", "--lint", "--template", str(TEMPLATE)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=offline_env,
-        timeout=300,
-    )
+@pytest.mark.parametrize("options", ["defaults", "bulk_on"])
+def test_sam_validate_lint_passes(sam, offline_env, tmp_path, options):
+    template = TEMPLATE
+    if options == "bulk_on":
+        # cfn-lint resolves parameters to their defaults: lint a copy whose defaults switch every part on.
+        template = REPO / f".lint-{tmp_path.name}.yaml"  # beside the original: CodeUri stays relative
+        template.write_text(with_defaults(TEMPLATE.read_text(encoding="utf-8"), BULK_ON), encoding="utf-8")
+    try:
+        result = subprocess.run(
+            [str(sam), "validate", "--lint", "--template", str(template)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=offline_env,
+            timeout=300,
+        )
+    finally:
+        if template != TEMPLATE:
+            template.unlink()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is a valid SAM Template" in result.stdout + result.stderr
 
@@ -178,7 +265,7 @@ def test_sam_translates_the_template(sam, offline_env, public):
         "Fn::If": ["IsPublic", "NONE", "AWS_IAM"]
     }
     permissions = [r for r in resources.values() if r["Type"] == "AWS::Lambda::Permission"]
-    assert permissions and all(p.get("Condition") == "IsPublic" for p in permissions)
+    assert permissions and all(p.get("Condition") == "IsPublic" for p in permissions if not is_s3_grant(p))
 
 
 # ---------------------------------------------------------------- what the template promises
@@ -202,7 +289,8 @@ def test_url_needs_iam_unless_made_public_explicitly():
     assert template["Conditions"]["IsPublic"] == {"Fn::Equals": [{"Ref": "PublicUrl"}, "true"]}
     url = template["Resources"][FUNCTION_ID]["Properties"]["FunctionUrlConfig"]
     assert url["AuthType"] == {"Fn::If": ["IsPublic", "NONE", "AWS_IAM"]}
-    grants = [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Permission"]
+    permissions = [r for r in template["Resources"].values() if r["Type"] == "AWS::Lambda::Permission"]
+    grants = [p for p in permissions if not is_s3_grant(p)]
     assert {g["Properties"]["Action"] for g in grants} == {
         "lambda:InvokeFunctionUrl",
         "lambda:InvokeFunction",
@@ -227,8 +315,10 @@ def test_parameters_reach_the_function():
         "Fn::Not": [{"Fn::Equals": [{"Ref": "S3BucketName"}, ""]}]
     }
     assert parameters["S3BucketName"]["Default"] == ""
-    (policy,) = properties["Policies"]
-    assert policy["Fn::If"][0] == "HasS3Bucket" and policy["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+    # Every grant exists only when its part is switched on; the first is the s3:// URL bucket's.
+    policies = properties["Policies"]
+    assert [p["Fn::If"][0] for p in policies] == BULK_CONDITIONS
+    assert all(p["Fn::If"][2] == {"Ref": "AWS::NoValue"} for p in policies)
 
 
 def test_outputs_name_the_function_and_url():
@@ -258,9 +348,113 @@ def test_every_sample_event_is_accepted_by_the_handler_parser():
     assert files == sorted(EXPECTED_EVENT_KINDS)
     for name in files:
         event = json.loads((EVENTS / name).read_text(encoding="utf-8"))
+        if EXPECTED_EVENT_KINDS[name] in BULK_KINDS:
+            kind = event_kind(event)
+            assert kind == EXPECTED_EVENT_KINDS[name], name
+            items = parse_bulk_event(event, kind, num_labels=10).items
+            assert items and all(i.problem is None and " " in i.key for i in items[:1]), name
+            continue
         request = parse_event(event, num_labels=10)
         assert request.kind == EXPECTED_EVENT_KINDS[name], name
         assert request.urls and all(isinstance(u, str) for u in request.urls), name
         assert request.top_k == 3, name
         scheme = "s3://" if name == "s3.json" else "https://"
         assert all(u.startswith(scheme) for u in request.urls), name
+
+
+# ---------------------------------------------------------------- bulk (docs/bulk.md)
+
+
+def test_bulk_parts_translate_with_every_option_on(sam, offline_env):
+    resources = translate(sam, offline_env, BULK_ON)["Resources"]
+    expected = {
+        "UploadBucket": ("AWS::S3::Bucket", "HasUploads"),
+        "UploadInvokePermission": ("AWS::Lambda::Permission", "HasUploads"),
+        "ClassifyBucketStateMachine": ("AWS::StepFunctions::StateMachine", "HasStateMachine"),
+        "ClassifyBucketRole": ("AWS::IAM::Role", "HasStateMachine"),
+        "BatchOperationsInvokeRole": ("AWS::IAM::Role", "HasBatchOperationsRole"),
+    }
+    for logical_id, (kind, condition) in expected.items():
+        assert (resources[logical_id]["Type"], resources[logical_id].get("Condition")) == (kind, condition)
+    variables = resources[FUNCTION_ID]["Properties"]["Environment"]["Variables"]
+    assert variables["RESULTS_BUCKET"] == {"Ref": "ResultsBucket"}
+    assert variables["RESULTS_PREFIX"] == {"Ref": "ResultsPrefix"}
+    assert variables["TAG_OBJECTS"] == {"Ref": "TagObjects"}
+    role_policies = resources[f"{FUNCTION_ID}Role"]["Properties"]["Policies"]
+    assert [p["Fn::If"][0] for p in role_policies] == BULK_CONDITIONS
+
+
+def test_every_bulk_part_is_off_by_default():
+    template = load_template()
+    parameters = template["Parameters"]
+    for name in ("ResultsBucket", "UploadBucketName", "S3BucketName"):
+        assert parameters[name]["Default"] == ""
+    for name in ("TagObjects", "BulkStateMachine", "BatchOperationsRole"):
+        assert parameters[name]["Default"] == "false" and set(parameters[name]["AllowedValues"]) == {
+            "false",
+            "true",
+        }
+    bulk = [r for r in template["Resources"] if r.startswith(("Upload", "ClassifyBucket", "BatchOperations"))]
+    assert len(bulk) == 5
+    for logical_id in bulk:
+        condition = template["Resources"][logical_id]["Condition"]
+        assert (
+            evaluate({"Condition": condition}, {n: str(p.get("Default", "")) for n, p in parameters.items()})
+            is False
+        )
+
+
+def test_a_template_where_results_could_retrigger_the_function_is_refused():
+    assert refused_by({}) == []
+    assert refused_by(BULK_ON) == []
+    same_bucket = {**BULK_ON, "ResultsBucket": BULK_ON["UploadBucketName"]}
+    (reason,) = refused_by(same_bucket)
+    assert "trigger the function again" in reason
+    assert refused_by({"UploadBucketName": "uploads"}) == [
+        "UploadBucketName needs a ResultsBucket to write the results to."
+    ]
+    assert refused_by({"BulkStateMachine": "true", "ResultsBucket": "r"})  # no S3BucketName to read
+    assert refused_by({"BatchOperationsRole": "true"})
+    assert refused_by({"TagObjects": "true"})
+    # The results prefix can never be empty (it is what the function skips as its own output).
+    pattern = re.compile(load_template()["Parameters"]["ResultsPrefix"]["AllowedPattern"])
+    assert pattern.fullmatch("classifications/") and not pattern.fullmatch("") and not pattern.fullmatch("x")
+
+
+def test_notifications_fire_on_created_objects_under_the_upload_prefix_only():
+    bucket = load_template()["Resources"]["UploadBucket"]["Properties"]
+    (config,) = bucket["NotificationConfiguration"]["LambdaConfigurations"]
+    assert config["Event"] == "s3:ObjectCreated:*"
+    assert config["Filter"]["Fn::If"][1] == {
+        "S3Key": {"Rules": [{"Name": "prefix", "Value": {"Ref": "UploadPrefix"}}]}
+    }
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+
+
+def test_state_machine_is_a_distributed_map_with_its_knobs():
+    template = load_template()
+    text = template["Resources"]["ClassifyBucketStateMachine"]["Properties"]["DefinitionString"]["Fn::Sub"]
+    values = {"MapItemsPerBatch": "20", "MapMaxConcurrency": "50", "MapToleratedFailurePercentage": "5"}
+
+    def substitute(match: re.Match) -> str:
+        return values.get(match[1], f"<{match[1]}>")
+
+    definition = json.loads(re.sub(r"\$\{([^}]+)\}", substitute, text))
+    state = definition["States"][definition["StartAt"]]
+    assert state["Type"] == "Map"
+    assert state["ItemReader"]["Resource"].endswith(":states:::s3:listObjectsV2")
+    assert state["ItemBatcher"]["MaxItemsPerBatch"] == 20
+    assert state["ItemBatcher"]["BatchInput"] == {"bucket.$": "$.bucket"}  # what events.py reads
+    assert (state["MaxConcurrency"], state["ToleratedFailurePercentage"]) == (50, 5)
+    assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"}
+    assert state["ResultWriter"]["Resource"].endswith(":states:::s3:putObject")
+    task = state["ItemProcessor"]["States"][state["ItemProcessor"]["StartAt"]]
+    assert task["Parameters"]["Payload.$"] == "$"
+    # The error the function raises when a batch should be retried is the one the Retry names.
+    assert task["Retry"][0]["ErrorEquals"] == [RetryLater.__name__]
+    for name in values:
+        parameter = template["Parameters"][name]
+        assert (
+            parameter["Type"] == "Number"
+            and parameter["MinValue"] <= int(values[name]) <= parameter["MaxValue"]
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import struct
@@ -17,6 +18,7 @@ from PIL import Image
 
 from lambda_function.classifier import Classifier
 from lambda_function.fetch import FetchLimits
+from tests.fixtures.bombs import exif_jpeg, progressive_jpeg_bomb
 from tests.fixtures.images import BLUE, GREEN, RED, encode, raw_png, solid
 from tests.fixtures.make_tiny_model import LABELS as TINY_LABELS
 from tests.fixtures.proxy_events import v1_event, v2_event
@@ -465,3 +467,75 @@ def test_runtime_requirements_are_only_the_runtime():
     lines = (REPO / "lambda_function/requirements.txt").read_text().splitlines()
     names = {line.split(">")[0].split("=")[0].strip().lower() for line in lines if line.strip()[:1].isalpha()}
     assert names == {"ai-edge-litert", "numpy", "pillow"}
+
+
+# ---------------------------------------------------------------- hostile requests (issue 12)
+
+
+def _inline(data: bytes) -> dict:
+    return v2_event(base64.b64encode(data).decode(), b64=True, headers={"content-type": "image/jpeg"})
+
+
+JSON = {"content-type": "application/json"}
+HOSTILE = [
+    pytest.param(lambda: _inline(progressive_jpeg_bomb(64, 64, 100)), 422, "image_too_complex", id="scans"),
+    pytest.param(lambda: _inline(raw_png(7071, 7071, 16, 0, None)), 422, "image_too_large", id="png16"),
+    pytest.param(lambda: {"url": "http://x/", "top_k": "9" * 5000}, 400, "invalid_top_k", id="top_k-str"),
+    pytest.param(lambda: {"url": "http://x/", "top_k": 10**5000}, 400, "invalid_top_k", id="top_k-int"),
+    pytest.param(
+        lambda: v2_event("[" * 100_000 + "]" * 100_000, headers=JSON), 400, "invalid_json", id="deep-json"
+    ),
+    pytest.param(lambda: {"url": "http://example.com/a\ud800.jpg"}, 400, "invalid_url", id="surrogate-path"),
+    pytest.param(lambda: {"url": "http://\ud800example/x.jpg"}, 400, "invalid_url", id="surrogate-host"),
+    pytest.param(lambda: v1_event('{"url": "\udfff"}'), 400, "invalid_body", id="surrogate-body"),
+    pytest.param(lambda: v2_event('{"url": "http://x/\\ud800"}'), 400, "invalid_url", id="escaped-surrogate"),
+    pytest.param(lambda: {"url": "s3://my..bucket/k.jpg"}, 400, "invalid_url", id="bucket-dots"),
+    pytest.param(lambda: {"url": "s3://192.168.1.1/k.jpg"}, 400, "invalid_url", id="bucket-ip"),
+    pytest.param(lambda: {**v1_event("AAAA"), "isBase64Encoded": 1}, 400, "invalid_request", id="b64-flag"),
+]
+
+
+@pytest.mark.parametrize(("build", "status", "code"), HOSTILE)
+def test_hostile_requests_are_4xx_with_one_log_line_and_the_next_request_works(
+    app, build, status, code, capsys
+):
+    capsys.readouterr()
+    response = app.lambda_handler(build(), CONTEXT)
+    assert_error(body_of(response), status, code)
+    assert [line["code"] for line in log_lines(capsys) if line["message"] == "request"] == [code]
+    assert_success(body_of(app.lambda_handler(_inline(solid(RED, fmt="JPEG")), CONTEXT)), "red")
+
+
+def test_mistyped_exif_and_a_false_string_flag_are_served(app):
+    body = body_of(app.lambda_handler(_inline(exif_jpeg(6, {0x0128: (2, b"2\x00")}, size=(40, 30))), CONTEXT))
+    assert_success(body)
+    raw = {
+        **v2_event("GIF89a not an image", headers={"content-type": "image/gif"}),
+        "isBase64Encoded": "false",
+    }
+    assert_error(body_of(app.lambda_handler(raw, CONTEXT)), 415, "unsupported_media_type")
+
+
+def test_batch_item_with_a_lone_surrogate_fails_alone(app, allowed_server, red_png):
+    good = allowed_server.add("/red.png", red_png)
+    body = app.lambda_handler({"urls": [good, "http://example.com/\ud800.jpg", good]}, CONTEXT)
+    results = body["results"]
+    assert_success(results[0], "red")
+    assert_error(results[1], 400, "invalid_url")
+    assert_success(results[2], "red")
+
+
+def test_a_lone_surrogate_never_costs_the_request_its_log_line(app, monkeypatch):
+    # A strict UTF-8 stdout, like Lambda's: a formatter writing the raw surrogate made the write fail,
+    # and logging swallows that error, so the request vanished from the logs.
+    raw = io.BytesIO()
+    monkeypatch.setattr(
+        sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    )
+    app.lambda_handler({"url": "http://\ud800example/x.jpg"}, CONTEXT)
+    app.lambda_handler({"urls": ["http://\udc00a/", "http://b\u00e9/"]}, CONTEXT)
+    lines = raw.getvalue().decode("ascii").splitlines()  # ASCII: any stream can take it
+    requests = [json.loads(line) for line in lines if json.loads(line)["message"] == "request"]
+    assert [r["status"] for r in requests] == [400, 200]
+    assert requests[0]["hosts"] == ["\ud800example"]
+    assert requests[1]["hosts"] == ["\udc00a", "b\u00e9"]

@@ -261,3 +261,38 @@ def test_num_threads_from_env(monkeypatch):
     for bad in ("0", "-1", "two"):
         with pytest.raises(ServingError, match="NUM_THREADS"):
             default_num_threads({"NUM_THREADS": bad})
+
+
+# ---------------------------------------------------------------- without XNNPACK
+
+
+def warnings_in(capsys) -> list[dict]:
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["level"] == "WARNING"]
+
+
+def test_a_model_xnnpack_does_not_run_is_served_by_the_builtin_kernels_with_one_warning(tmp_path, capsys):
+    from tests.fixtures import xnnpack_free_model
+
+    path = xnnpack_free_model.write(tmp_path)
+    capsys.readouterr()
+
+    loaded = Classifier.from_path(path, num_threads=1)
+
+    (warning,) = warnings_in(capsys)
+    assert "built-in kernels" in warning["message"] and warning["model_path"] == str(path)
+    assert clf.runs_on_xnnpack(loaded._interpreter) is False
+    size = (xnnpack_free_model.SIZE, xnnpack_free_model.SIZE, 3)
+    for color, label in ((RED, "red"), (GREEN, "green"), (BLUE, "blue")):
+        probs = loaded.predict(np.full(size, color, np.uint8))
+        assert loaded.top_k(probs, 1)[0]["label"] == label
+    assert warnings_in(capsys) == []  # once per load, not per request
+
+
+def test_the_tiny_model_runs_on_xnnpack_without_a_warning(tiny_model_path, capsys):
+    capsys.readouterr()
+
+    loaded = Classifier.from_path(tiny_model_path, num_threads=1)
+
+    assert clf.runs_on_xnnpack(loaded._interpreter) is True
+    assert warnings_in(capsys) == []

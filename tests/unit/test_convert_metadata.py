@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from convert.errors import SidecarError, UnknownVariantError
-from convert.metadata import read_sidecar, verify_model_file, write_sidecar
+from convert.errors import ModelLoadError, SidecarError, UnknownVariantError
+from convert.metadata import read_sidecar, training_facts, verify_model_file, write_sidecar
 from convert.variants import file_stem, parse_formats, parse_quantize, plan
 
 LABELS = ["dress", "hat", "pants"]
@@ -164,3 +164,36 @@ def test_the_resize_mode_comes_from_the_training_config(tmp_path):
     config.write_text(json.dumps({"config": {"resize": "stretch"}}))
     with pytest.raises(ModelLoadError, match="resize mode must be one of"):
         load_resize(model)
+
+
+def test_training_facts_travel_from_config_json_to_the_sidecar(model_file):
+    path, source = model_file
+    assert training_facts(source) is None  # no config.json: a model trained elsewhere
+    record = {  # the shape python -m train writes (train/trainer.py)
+        "config": {"image_size": 299, "pooled_blocks": "13,14", "standardize": True, "dense_units": 100,
+                   "dropout": 0.5, "train_views": 2, "epochs": 60, "seed": 1},
+        "data": {"root": "data/clothing-dataset-small", "classes": LABELS,
+                 "counts": {"train": {"dress": 4, "hat": 5, "pants": 6},
+                            "test": {"dress": 1, "hat": 1, "pants": 2}}},
+    }  # fmt: skip
+    source.with_name("config.json").write_text(json.dumps(record))
+    facts = training_facts(source)
+    assert facts == {
+        "image_size": 299,
+        "pooled_blocks": "13,14",
+        "standardize": True,
+        "dense_units": 100,
+        "dropout": 0.5,
+        "train_views": 2,
+        "dataset": "clothing-dataset-small",
+        "images": {"train": 15, "test": 4},
+    }
+    write_sidecar(path, "tflite", "int8", LABELS, (299, 299), source, {}, None, facts)
+    assert read_sidecar(path)["training"] == facts
+
+
+def test_an_unreadable_training_config_is_a_clear_error(model_file):
+    _, source = model_file
+    source.with_name("config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="Training config"):
+        training_facts(source)

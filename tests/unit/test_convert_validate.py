@@ -11,8 +11,9 @@ import pytest
 
 from convert.data import calibration_batches, list_split, stratified_sample, synthetic_images
 from convert.errors import ConversionError, DataError, SidecarError, UnknownVariantError, ValidationError
+from convert.install import choose_variant, install
 from convert.metadata import write_sidecar
-from convert.report import choose_variant, install, to_markdown
+from convert.report import to_markdown
 from convert.validate import TOLERANCES, check, compare, tolerance_for
 from lambda_function.classifier import softmax
 
@@ -259,3 +260,24 @@ def test_cli_errors_exit_2_without_importing_tensorflow(tmp_path):
     assert "Model file not found" in done.stderr
     assert "Unknown quantization variant 'int4'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_conversion_lists_and_loads_images_as_training_does(tmp_path, capsys):
+    from convert.data import load_split
+    from train.data import list_split as training_list_split
+
+    _make_split(tmp_path / "test", {"a": 30, "b": 2})
+    (tmp_path / "test" / "a" / ".DS_Store.png").write_bytes(b"hidden: never listed")
+    (tmp_path / "test" / "b" / "broken.png").write_bytes(b"not an image")
+    items = list_split(tmp_path, "test", ["a", "b", "c"])  # a class of the labels may be absent
+    paths, targets = training_list_split(tmp_path, "test", ["a", "b", "c"], subset=True)
+    assert [(path, cls) for path, cls in items] == list(zip(paths, targets.tolist(), strict=True))
+    assert len(items) == 33 and not any(path.name.startswith(".") for path, _ in items)
+    images = load_split(tmp_path, "test", ["a", "b", "c"], (8, 8))  # 1 of 33 unreadable: skipped, named
+    assert len(images) == 32 and not any(path.endswith("broken.png") for path in images.paths)
+    assert images.targets.tolist() == [0] * 30 + [1] * 2
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.out + captured.err
+    (tmp_path / "test" / "b" / "broken2.png").write_bytes(b"not an image either")
+    with pytest.raises(DataError, match="could not be read"):  # 2 of 34 > 5%: the data is wrong
+        load_split(tmp_path, "test", ["a", "b", "c"], (8, 8))

@@ -268,3 +268,66 @@ def test_proxy_headers_are_not_shared_between_responses():
     first = respond(PROXY_V2, 200, {})
     first["headers"]["X-Mutated"] = "1"
     assert "X-Mutated" not in respond(PROXY_V2, 200, {})["headers"]
+
+
+# ---------------------------------------------------------------- hostile requests (issue 12)
+
+
+@pytest.mark.parametrize(
+    "top_k",
+    ["9" * 5000, " " + "1" * 7, 10**5000, -(10**5000), "0" * 4400 + "3"],
+    ids=["5000-digit-string", "7-digits", "5000-digit-int", "negative", "zero-padded"],
+)
+def test_oversized_top_k_is_400_not_a_crash(top_k):
+    # int() of 4300+ digits raises ValueError, and json.dumps of such an int too.
+    error = error_of({"url": URL, "top_k": top_k})
+    assert (error.status, error.code) == (400, "invalid_top_k")
+    assert len(error.message) < 200
+
+
+@pytest.mark.parametrize(("make", "kind"), PROXIES)
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"url": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"url": "http://x/", "top_k": ' + "9" * 5000 + "}",
+    ],
+    ids=["deep-array", "deep-value", "5000-digit-int"],
+)
+def test_json_parsers_limits_are_invalid_json(make, kind, body):
+    error = error_of(make(body, headers={"content-type": "application/json"}))
+    assert (error.status, error.code) == (400, "invalid_json")
+
+
+@pytest.mark.parametrize(("make", "kind"), PROXIES)
+def test_lone_surrogate_in_a_text_body_is_400(make, kind):
+    error = error_of(make('{"url": "http://example.com/a\ud800.jpg"}'))
+    assert (error.status, error.code) == (400, "invalid_body")
+
+
+@pytest.mark.parametrize(("make", "kind"), PROXIES)
+def test_escaped_lone_surrogate_in_json_reaches_the_url_check(make, kind):
+    # "\ud800" written as an escape is legal JSON; fetch.py refuses the URL (tested there).
+    request = parse_event(make('{"url": "http://example.com/a\\ud800.jpg"}'), LABELS)
+    assert request.urls == ("http://example.com/a\ud800.jpg",)
+
+
+FLAGS = [(True, True), ("true", True), (" TRUE ", True), (False, False), ("false", False), (None, False)]
+
+
+@pytest.mark.parametrize(("flag", "is_base64"), FLAGS)
+def test_is_base64_encoded_accepts_booleans_and_their_spellings(flag, is_base64, red_png):
+    body = base64.b64encode(red_png).decode() if is_base64 else "GIF89a text"
+    event = v2_event(body, headers={"content-type": "image/png"})
+    event["isBase64Encoded"] = flag
+    assert parse_event(event, LABELS).image == (red_png if is_base64 else b"GIF89a text")
+
+
+@pytest.mark.parametrize("flag", [1, 0, "yes", "", [], {"b": 1}, 1.0])
+def test_other_is_base64_encoded_values_are_400(flag):
+    event = v1_event("AAAA")
+    event["isBase64Encoded"] = flag
+    error = error_of(event)
+    assert (error.status, error.code) == (400, "invalid_request")
+    assert "isBase64Encoded" in error.message

@@ -15,8 +15,8 @@ import ssl
 import subprocess
 import sys
 import threading
+import tracemalloc
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -25,6 +25,7 @@ from lambda_function import fetch as fetch_mod
 from lambda_function.errors import ServingError
 from lambda_function.fetch import FetchLimits, allowed_hosts_from_env, check_address, fetch
 from lambda_function.preprocess import preprocess
+from scripts import loopback
 
 LIMITS = FetchLimits(max_bytes=100_000, connect_timeout=2.0, read_timeout=2.0, total_timeout=4.0)
 # For stall and drip servers: small enough to keep the suite fast, large enough for loopback.
@@ -99,23 +100,15 @@ class LoopbackServer:
         self.stop = threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(loopback.QuietHandler):
             def do_GET(self):
                 server.requests.append((self.path, dict(self.headers)))
                 route = server.routes.get(self.path, reply(b"no route", status=404))
                 route(self, server)
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.handle_error = lambda request, address: None  # clients hang up on purpose here
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        # Clients hang up on purpose here: quiet_errors keeps their broken pipes out of the output.
+        self._server = loopback.LoopbackServer(Handler, tls=tls, quiet_errors=True)
+        self.port = self._server.port
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -126,9 +119,7 @@ class LoopbackServer:
 
     def close(self) -> None:
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self._server.close()
 
 
 @pytest.fixture
@@ -201,6 +192,16 @@ def test_malformed_url_is_invalid(url, connects):
 
 
 @pytest.mark.parametrize(
+    "url", ["http://example.com/a\ud800.jpg", "http://\ud800example.com/x.jpg", "s3://bucket/\udfff.jpg"]
+)
+def test_url_with_a_lone_surrogate_is_invalid(url, connects):
+    # JSON may carry "\ud800"; no encoder can send it, so it is the client's mistake, not a 500.
+    error = refused(url, 400, "invalid_url")
+    assert "surrogate" in error.message
+    assert connects == []
+
+
+@pytest.mark.parametrize(
     "url",
     ["file:///etc/passwd", "ftp://example.com/a.jpg", "gopher://example.com/", "FILE:///etc/passwd"],
 )
@@ -269,6 +270,25 @@ def test_private_resolution_is_refused_before_any_connect(address, connects):
     resolver = stub_resolver({"evil.example": [address]})
     refused("http://evil.example/shirt.jpg", 400, "url_refused", resolver=resolver)
     assert connects == []
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "127.0.0.1", "169.254.169.254", "100.64.0.1", "fe80::1"])
+def test_refusal_does_not_say_what_a_name_resolves_to(address, connects):
+    # In a VPC, "resolves to a private address" would tell a caller which internal names exist.
+    error = refused(
+        "http://intranet.example/",
+        400,
+        "url_refused",
+        resolver=stub_resolver({"intranet.example": [address]}),
+    )
+    for word in ("private", "loopback", "link-local", "metadata", "non-global", address):
+        assert word not in error.message
+    assert (
+        error.message
+        == refused(
+            "http://8.8.8.8:80/", 400, "url_refused", resolver=stub_resolver({"8.8.8.8": ["10.0.0.1"]})
+        ).message
+    )
 
 
 def test_every_resolved_address_is_checked(connects):
@@ -508,6 +528,137 @@ def test_chunked_body_over_the_cap_is_413(server):
     refused(server.url("/img"), 413, "image_too_large_bytes", limits=limits, allowed=server.allowed)
 
 
+# --- every byte on the socket counts (status line, headers, 1xx, chunk sizes, trailers) -----------------
+
+FRAMING_LIMITS = FetchLimits(max_bytes=100_000, max_overhead_bytes=8192, read_timeout=2.0, total_timeout=4.0)
+FLOOD_BYTES = 20 * 1024 * 1024  # what a hostile server offers; the fetch must read next to none of it
+
+
+def chunked_head(extra=()) -> bytes:
+    return head(200, [("Content-Type", "image/png"), ("Transfer-Encoding", "chunked"), *extra])
+
+
+def flood(prefix: bytes, unit: bytes, total: int = FLOOD_BYTES):
+    """A route writing ``prefix``, then ``unit`` again and again, up to ``total`` bytes or a hang-up."""
+
+    def route(handler, srv):
+        write(handler, prefix)
+        block = unit * max(1, 65536 // len(unit))
+        for _ in range(total // len(block)):
+            if srv.stop.is_set():
+                return
+            write(handler, block)
+
+    return route
+
+
+def traced_peak(call) -> int:
+    """Peak bytes Python allocated while ``call()`` ran (its ServingError is left to the caller)."""
+    tracemalloc.start()
+    try:
+        call()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def refused_with_peak(server, status, code, limits=FRAMING_LIMITS) -> int:
+    error: list[ServingError] = []
+
+    def call():
+        with pytest.raises(ServingError) as info:
+            get(server.url("/img"), limits, allowed=server.allowed)
+        error.append(info.value)
+
+    peak = traced_peak(call)
+    assert (error[0].status, error[0].code) == (status, code), error[0].message
+    return peak
+
+
+def test_chunk_size_minus_one_does_not_read_to_eof(server):
+    # http.client's int("-1", 16) == -1, then read(-1): the whole flood in one call (issue 12, #2).
+    server.routes["/img"] = flood(chunked_head() + b"-1\r\n", b"x")
+    peak = refused_with_peak(server, 502, "upstream_error")
+    assert peak < 2 * 1024 * 1024, peak
+
+
+@pytest.mark.parametrize(
+    "size_line",
+    [b"-1", b"+a", b"1_0", b"0x10", b"", b"g", b" ", b"1" * 17, b"a" * 40, b"\xd9\xa1", b"1;" + b"e" * 2000],
+    ids=["minus", "plus", "underscore", "0x", "empty", "not-hex", "blank", "17-digits", "40-digits",
+         "arabic-digit", "long-extension"],
+)  # fmt: skip
+def test_malformed_chunk_size_is_an_upstream_error(server, size_line):
+    body = b"%x\r\n%s\r\n" % (len(PNG), PNG) + size_line + b"\r\n" + b"z" * 1000 + b"\r\n0\r\n\r\n"
+    server.routes["/img"] = reply(body, length=None, extra=[("Transfer-Encoding", "chunked")])
+    refused(server.url("/img"), 502, "upstream_error", allowed=server.allowed)
+
+
+def test_chunk_larger_than_the_cap_is_refused_before_it_is_read(server):
+    server.routes["/img"] = flood(chunked_head() + b"7fffffffffffffff\r\n", b"x")
+    peak = refused_with_peak(server, 413, "image_too_large_bytes")
+    assert peak < 2 * 1024 * 1024, peak
+
+
+def test_valid_chunked_response_with_extensions_trailer_and_100_continue(server):
+    body = b"".join(b"%X;name=value\r\n%s\r\n" % (len(part), part) for part in (PNG[:10], PNG[10:]))
+    body += b"0\r\nX-Checksum: 1\r\n\r\n"
+    response = b"HTTP/1.1 100 Continue\r\n\r\n" + chunked_head() + body
+    server.routes["/img"] = lambda handler, srv: write(handler, response)
+    assert get(server.url("/img"), FRAMING_LIMITS, allowed=server.allowed) == PNG
+
+
+TRAILERS = flood(chunked_head() + b"4\r\nabcd\r\n0\r\n", b"X-Trailer: 0123456789\r\n")
+CONTINUES = flood(b"", b"HTTP/1.1 100 Continue\r\n\r\n")
+HEADERS = flood(b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"p" * 60_000 + b"\r\n", 90 * 60_010)
+ONE_BYTE_CHUNKS = flood(chunked_head(), b"1\r\nx\r\n")
+
+
+@pytest.mark.parametrize(
+    "route",
+    [TRAILERS, CONTINUES, HEADERS, ONE_BYTE_CHUNKS],
+    ids=["trailers", "100-continue", "headers", "one-byte-chunks"],
+)
+def test_framing_counts_against_the_byte_cap(server, route):
+    # Each of these is a valid or near-valid response whose non-body bytes never end.
+    server.routes["/img"] = route
+    peak = refused_with_peak(server, 413, "image_too_large_bytes")
+    assert peak < 2 * 1024 * 1024, peak
+
+
+ROOMY = FetchLimits(max_bytes=1_000_000, max_overhead_bytes=8192, read_timeout=2.0, total_timeout=4.0)
+
+
+@pytest.mark.parametrize(("pad", "accepted"), [(4_000, True), (3 * 9_000, False)])
+def test_headers_get_the_overhead_allowance_not_the_body_cap(server, pad, accepted):
+    headers = [("Content-Type", "image/png"), ("Content-Length", len(PNG))]
+    headers += [(f"X-Pad-{i}", "p" * 9_000) for i in range(pad // 9_000)] or [("X-Pad", "p" * pad)]
+    server.routes["/img"] = lambda handler, srv: write(handler, head(200, headers) + PNG)
+    if accepted:
+        assert get(server.url("/img"), ROOMY, allowed=server.allowed) == PNG
+    else:
+        refused(server.url("/img"), 413, "image_too_large_bytes", limits=ROOMY, allowed=server.allowed)
+
+
+@pytest.mark.parametrize(("trailer_bytes", "accepted"), [(2_000, True), (20_000, False)])
+def test_trailers_get_the_overhead_allowance_not_what_the_body_left(server, trailer_bytes, accepted):
+    trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 990) for i in range(trailer_bytes // 1000))
+    body = b"%x\r\n%s\r\n0\r\n%s\r\n" % (len(PNG), PNG, trailers)
+    server.routes["/img"] = lambda handler, srv: write(handler, chunked_head() + body)
+    if accepted:
+        assert get(server.url("/img"), ROOMY, allowed=server.allowed) == PNG
+    else:
+        refused(server.url("/img"), 413, "image_too_large_bytes", limits=ROOMY, allowed=server.allowed)
+
+
+def test_the_next_fetch_works_after_a_refused_flood(server):
+    server.routes["/bad"] = flood(chunked_head() + b"-1\r\n", b"x")
+    server.routes["/img"] = reply()
+    refused(server.url("/bad"), 502, "upstream_error", allowed=server.allowed)
+    assert get(server.url("/img"), allowed=server.allowed) == PNG
+
+
 def test_body_of_exactly_the_cap_is_accepted(server):
     server.routes["/img"] = reply(b"z" * 1000, length=None)
     assert get(server.url("/img"), FetchLimits(max_bytes=1000), allowed=server.allowed) == b"z" * 1000
@@ -517,6 +668,11 @@ def test_content_length_lie_never_reads_past_the_declared_length(server):
     # Says 10, sends far more than the cap: only the 10 declared bytes are ever read.
     server.routes["/img"] = reply(b"a" * 10 + b"b" * 50_000, length=10)
     assert get(server.url("/img"), FetchLimits(max_bytes=1000), allowed=server.allowed) == b"a" * 10
+
+
+def test_content_length_of_5000_digits_is_413_not_a_parse_error(server):
+    server.routes["/img"] = reply(length="9" * 5000)
+    refused(server.url("/img"), 413, "image_too_large_bytes", allowed=server.allowed)
 
 
 def test_body_shorter_than_content_length_is_an_upstream_error(server):
@@ -584,6 +740,8 @@ def test_limits_are_validated():
         FetchLimits(total_timeout=0)
     with pytest.raises(ValueError):
         FetchLimits(max_bytes=-1)
+    with pytest.raises(ValueError):
+        FetchLimits(max_overhead_bytes=-1)
 
 
 # --- TLS -------------------------------------------------------------------------------------------------
@@ -763,8 +921,28 @@ def test_s3_without_boto3_is_500(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "url", ["s3://", "s3://my-bucket", "s3://my-bucket/", "s3://Bad_Bucket/k", "s3://b/k"]
+    "url",
+    [
+        "s3://",
+        "s3://my-bucket",
+        "s3://my-bucket/",
+        "s3://Bad_Bucket/k",
+        "s3://b/k",
+        "s3://my..bucket/k",
+        "s3://192.168.1.1/k",
+        "s3://xn--bucket/k",
+        "s3://sthree-bucket/k",
+    ],
 )
 def test_malformed_s3_url_is_invalid(s3, url):
     refused(url, 400, "invalid_url")
     assert s3.calls == []
+
+
+@pytest.mark.parametrize(
+    "bucket", ["my.bucket.example", "a-b", "my-ap-abc123-s3alias", "base--usw2-az1--x-s3"]
+)
+def test_valid_s3_bucket_names_are_read(s3, bucket):
+    s3.result = {"Body": FakeBody(PNG), "ContentLength": len(PNG), "ContentType": "image/png"}
+    assert get(f"s3://{bucket}/k.png") == PNG
+    assert s3.calls == [{"Bucket": bucket, "Key": "k.png"}]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from train import augment, evaluate
-from train.config import TrainConfig, field_help, parse_blocks
+from train.__main__ import build_parser
+from train.config import TrainConfig, field_help, option, parse_blocks
 from train.data import DataError, discover, load_split
 
 
@@ -255,3 +258,45 @@ def test_pure_modules_do_not_import_tensorflow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@dataclass
+class _Options:  # at module level: the CLI resolves the annotations in this module's namespace
+    rate: float | None = option(None, "a rate; None = automatic")
+    folder: Path | None = option(None, "a folder")
+    flag: bool = option(True, "a switch")
+    mode: str = option("a", "a mode", choices=("a", "b"))
+
+
+def test_cli_is_generated_from_field_metadata_optional_floats_included():
+    parser = build_parser(_Options)
+    args = parser.parse_args(["--rate", "0.25", "--folder", "x", "--no-flag", "--mode", "b"])
+    assert (args.rate, args.folder, args.flag, args.mode) == (0.25, Path("x"), False, "b")
+    assert parser.parse_args([]).rate is None
+    assert "a rate; None = automatic" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "c"])
+
+
+def test_train_cli_help_is_the_config_metadata():
+    text = " ".join(build_parser().format_help().split())
+    for name, help_text in field_help().items():
+        assert f"--{name.replace('_', '-')}" in text
+        assert " ".join(help_text.split()) in text
+
+
+@pytest.mark.parametrize("error", ["AssemblyError", "DataError", "WeightsError"])
+def test_expected_training_failures_exit_2_with_one_line(monkeypatch, capsys, error):
+    import types
+
+    from train import errors
+    from train.__main__ import main
+
+    def fail(config):
+        raise getattr(errors, error)("the cache belongs to another extractor")
+
+    # Stands in for the TensorFlow-heavy trainer: only how main() reports the failure is tested here.
+    monkeypatch.setitem(sys.modules, "train.trainer", types.SimpleNamespace(train=fail))
+    assert main(["--output-dir", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: the cache belongs to another extractor\n"

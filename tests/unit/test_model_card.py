@@ -1,0 +1,95 @@
+"""scripts/model_card.py: the card is generated from the sidecar, and the committed one is current."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lambda_function.sidecar import read_sidecar
+from scripts.model_card import render
+from tests.fixtures.images import BLUE, GREEN, RED, solid
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLED = REPO / "lambda_function" / "model" / "model.tflite"
+CARD = BUNDLED.with_name("MODEL_CARD.md")
+METRICS = {
+    "accuracy": 0.5,
+    "num_images": 2,
+    "macro_avg": {"f1": 0.4},
+    "latency_p50_ms": 12.0,
+    "load_average": 0.5,
+    "cpus": 2,
+    "per_class": {"dress": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}},
+}
+
+
+def test_committed_card_describes_the_bundled_model():
+    """Regenerate the card (`make model-card`) whenever model.tflite / model.json change."""
+    meta = read_sidecar(BUNDLED)
+    card = CARD.read_text(encoding="utf-8")
+    assert f"sha256 `{meta['sha256']}`" in card
+    assert f"`model.tflite`, {BUNDLED.stat().st_size / 1e6:.1f} MB" in card
+    assert card.startswith(f"# Model card: clothing classifier ({meta['variant']} TFLite)")
+    assert ", ".join(meta["labels"]) in card
+    assert f"input {meta['input']['height']}x{meta['input']['width']}" in card
+
+
+def test_facts_come_from_the_sidecar():
+    meta = copy.deepcopy(read_sidecar(BUNDLED))
+    meta["training"].update(pooled_blocks="13,14", dense_units=0, dropout=0.2)
+    meta["training"]["images"] = {"train": 5, "validation": 3, "test": 2}
+    card = render(meta, 1_000_000, METRICS, "make model-card", "2026-12-03")
+    assert "blocks 13-14's outputs" in card and "Dropout(0.2)" in card and "Dense(100" not in card
+    assert "5 train / 3 validation / 2 test images" in card and "3068" not in card
+    assert "`model.tflite`, 1.0 MB" in card and "2026-12-03" in card
+
+
+def test_a_sidecar_without_training_facts_says_so():
+    meta = copy.deepcopy(read_sidecar(BUNDLED))
+    del meta["training"]
+    card = render(meta, 1_000_000, METRICS, "make model-card", "2026-12-03")
+    assert card.count("not recorded in the sidecar") == 2
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    for name, color in (("red", RED), ("green", GREEN), ("blue", BLUE)):
+        folder = tmp_path / "data" / "test" / name
+        folder.mkdir(parents=True)
+        (folder / "a.png").write_bytes(solid(color))
+        (folder / ".hidden.png").write_bytes(b"skipped: hidden")
+    return tmp_path / "data"
+
+
+def test_runs_with_the_runtime_requirements_only(tiny_model_path, tiny_dataset, tmp_path):
+    model = tmp_path / "model" / "tiny.tflite"
+    model.parent.mkdir()
+    shutil.copy(tiny_model_path, model)
+    shutil.copy(tiny_model_path.with_suffix(".json"), model.with_suffix(".json"))
+    blocked = ("tensorflow", "keras", "tqdm", "matplotlib", "onnxruntime")
+    code = (
+        f"import sys; sys.modules.update(dict.fromkeys({blocked!r}));"
+        "sys.path.insert(0, 'scripts'); import model_card;"
+        f"sys.exit(model_card.main(['--data-dir', {str(tiny_dataset)!r}, '--model', {str(model)!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    card = model.with_name("MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Test accuracy **100.00%**" in card and "(3 images)" in card
+    assert f"sha256 `{read_sidecar(model)['sha256']}`" in card
+
+
+def test_a_missing_test_split_is_one_line_and_exit_2(tiny_model_path, tmp_path):
+    code = (
+        "import sys; sys.path.insert(0, 'scripts'); import model_card;"
+        f"sys.exit(model_card.main(['--data-dir', {str(tmp_path)!r}, '--model', {str(tiny_model_path)!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith("error: Split folder not found")
+    assert "Traceback" not in done.stderr
