@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.errors import DataError
+from lambda_function.preprocess import DEFAULT_RESIZE
 from train import data as dataset
 from train.errors import DataError as DatasetError
 
@@ -25,6 +26,7 @@ class ImageSet:
     pixels: np.ndarray  # uint8 (N, H, W, 3)
     targets: np.ndarray  # int64 (N,), index into labels; -1 when unknown
     paths: list[str]
+    resize: str = DEFAULT_RESIZE  # how the photos were made square (lambda_function.preprocess)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -35,6 +37,8 @@ class ImageSet:
         for path in self.paths:
             digest.update(path.encode() + b"\0")
         digest.update(str(self.pixels.shape).encode())
+        if self.resize != DEFAULT_RESIZE:  # only then, so caches from before resize modes stay valid
+            digest.update(self.resize.encode())
         return digest.hexdigest()
 
 
@@ -80,21 +84,28 @@ def stratified_sample(
     return sorted(picked, key=lambda item: (item[1], str(item[0])))
 
 
-def load_images(items: list[tuple[Path, int]], size: tuple[int, int], desc: str = "images") -> ImageSet:
+def load_images(
+    items: list[tuple[Path, int]], size: tuple[int, int], desc: str = "images", resize: str = DEFAULT_RESIZE
+) -> ImageSet:
     """Decode ``items`` as training does: unreadable images are skipped and named, above 5% it stops."""
     try:
-        pixels, kept, _ = dataset.load_split([path for path, _ in items], size, desc=desc)
+        pixels, kept, _ = dataset.load_split([path for path, _ in items], size, desc=desc, resize=resize)
     except DatasetError as exc:
         raise DataError(str(exc)) from None
     targets = np.array([items[i][1] for i in kept], dtype=np.int64)
-    return ImageSet(pixels, targets, [str(items[i][0]) for i in kept])
+    return ImageSet(pixels, targets, [str(items[i][0]) for i in kept], resize)
 
 
 def load_split(
-    data_dir: str | Path, split: str, labels: list[str], size: tuple[int, int], limit: int | None = None
+    data_dir: str | Path,
+    split: str,
+    labels: list[str],
+    size: tuple[int, int],
+    limit: int | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> ImageSet:
     items = stratified_sample(list_split(data_dir, split, labels), limit)
-    return load_images(items, size, desc=f"{split} images")
+    return load_images(items, size, desc=f"{split} images", resize=resize)
 
 
 def synthetic_images(n: int, size: tuple[int, int], seed: int = SEED) -> ImageSet:

@@ -15,6 +15,7 @@ from convert.errors import ModelLoadError, SidecarError
 from convert.variants import VARIANTS, check_variant
 from lambda_function import sidecar as schema
 from lambda_function.jsonfile import JSONFileError, read_json_object
+from lambda_function.preprocess import DEFAULT_RESIZE, check_resize_mode
 from lambda_function.sidecar import SCHEMA_VERSION, sidecar_path
 from lambda_function.sidecar import file_sha256 as sha256_file  # one hashing helper for every package
 
@@ -29,7 +30,17 @@ REQUIRED_KEYS = schema.REQUIRED_KEYS
 # Written by ``python -m train`` next to model.keras; the source of the sidecar's "training" record.
 TRAINING_CONFIG = "config.json"
 # The training settings the model card describes the model with (train/config.py names them).
-TRAINING_KEYS = ("image_size", "pooled_blocks", "standardize", "dense_units", "dropout", "train_views")
+TRAINING_KEYS = (
+    "image_size",
+    "resize",
+    "pooled_blocks",
+    "standardize",
+    "dense_units",
+    "dropout",
+    "train_views",
+    "extra_dir",
+    "fine_tune",
+)
 
 
 def training_facts(model_path: str | Path) -> dict | None:
@@ -63,9 +74,15 @@ def write_sidecar(
     quantization: dict,
     validation: dict | None = None,
     training: dict | None = None,
+    resize: str = DEFAULT_RESIZE,
 ) -> Path:
-    """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path."""
+    """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path.
+
+    ``input.resize`` names the resize mode the model was trained with (lambda_function.preprocess);
+    the runtime serves a sidecar without it as "squash", the only mode before the key existed.
+    """
     check_variant(format, variant)
+    check_resize_mode(resize)
     height, width = (int(v) for v in input_hw)
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -79,6 +96,7 @@ def write_sidecar(
             "layout": "NHWC",
             "dtype": "float32",
             "range": list(INPUT_RANGE),
+            "resize": resize,
         },
         "output": "logits",
         "preprocessing": dict(PREPROCESSING),

@@ -32,6 +32,7 @@ from convert.savedmodel import (
     input_hw,
     load_keras_model,
     load_labels,
+    load_resize,
     num_outputs,
 )
 from convert.tflite import to_tflite
@@ -39,6 +40,7 @@ from convert.validate import check, tolerance_for, validate
 from convert.variants import EXTENSIONS, FORMATS, VARIANTS, file_stem, variant_id
 from convert.variants import plan as plan_pairs
 from lambda_function.classifier import softmax
+from lambda_function.preprocess import DEFAULT_RESIZE
 
 # 100 training images (stratified by class), no mirrored copies, plain min/max: the best int8
 # validation accuracy measured (docs/conversion.md). More images made it worse: with min/max every
@@ -82,6 +84,7 @@ class Shared:
     representative: Callable | None = None  # calibration generator, when an int8 variant is planned
     calibration_info: dict = field(default_factory=dict)
     training: dict | None = None  # facts for the model card, from the training run's config.json
+    resize: str = DEFAULT_RESIZE  # how the model's photos are made square (its sidecar's input.resize)
 
 
 @dataclass
@@ -120,23 +123,34 @@ def load_shared(model, model_path: Path, output_dir: Path, options: ConvertOptio
         )
     labels = load_labels(options.labels_path or model_path.parent / "labels.json", num_outputs(model))
     size = input_hw(model)
+    resize = load_resize(model_path)  # calibrate, validate and serve on the pixels it trained on
     training = training_facts(model_path)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     if datamod.has_split(options.data_dir, options.eval_split):
         images = datamod.load_split(
-            options.data_dir, options.eval_split, labels, size, options.validation_images
+            options.data_dir, options.eval_split, labels, size, options.validation_images, resize
         )
     else:
         images = datamod.synthetic_images(options.validation_images or SYNTHETIC_IMAGES, size)
     keras_probs = softmax(cached_keras_logits(model, sha256_file(model_path), images, output_dir))
     targets = images.targets if (images.targets >= 0).all() else None
     keras_accuracy = None if targets is None else float((keras_probs.argmax(-1) == targets).mean())
-    shared = Shared(model_path, labels, size, images, keras_probs, targets, keras_accuracy, training=training)
+    shared = Shared(
+        model_path,
+        labels,
+        size,
+        images,
+        keras_probs,
+        targets,
+        keras_accuracy,
+        training=training,
+        resize=resize,
+    )
 
     if int8:
         calibration = datamod.load_split(
-            options.data_dir, datamod.CALIBRATION_SPLIT, labels, size, options.calibration_images
+            options.data_dir, datamod.CALIBRATION_SPLIT, labels, size, options.calibration_images, resize
         )
         shared.representative = datamod.calibration_batches(calibration, flips=options.calibration_flips)
         shared.calibration_info = {
@@ -184,7 +198,7 @@ def convert_variant(
     del runner
     write_sidecar(
         path, fmt, variant, shared.labels, shared.size, shared.model_path, quantization, result.to_dict(),
-        shared.training,
+        shared.training, shared.resize,
     )  # fmt: skip
     bench = reportmod.benchmark(path, shared.images.pixels[0], runs=options.latency_runs)
     row = reportmod.variant_row(vid, path, result.to_dict(), bench)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lambda_function.errors import ServingError
+from lambda_function.preprocess import DEFAULT_RESIZE
 from lambda_function.sidecar import (
     SidecarProblem,
     check_model_file,
@@ -28,6 +29,9 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model" / "model.tflite"
 MODEL_ID_LENGTH = 12
 # Scores in responses are rounded: more digits are noise and only make the JSON longer.
 SCORE_DIGITS = 6
+# Test-time augmentation: "none" runs the model once; "flip" also runs the mirror image and averages the
+# probabilities (twice the inference time). Off by default: see docs/accuracy.md for what it bought.
+TTA_MODES = ("none", "flip")
 
 
 def default_num_threads(environ: os._Environ | dict = os.environ) -> int:
@@ -140,7 +144,12 @@ class _Quantization:
 class Classifier:
     """One loaded model: ``predict(pixels) -> probabilities`` in the sidecar's label order."""
 
-    def __init__(self, interpreter, meta: dict, *, sha256: str, path: str | Path = "<memory>"):
+    def __init__(
+        self, interpreter, meta: dict, *, sha256: str, path: str | Path = "<memory>", tta: str = "none"
+    ):
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+        self.tta = tta
         self.path = Path(path)
         self.meta = meta
         self.labels: tuple[str, ...] = tuple(meta["labels"])
@@ -167,6 +176,10 @@ class Classifier:
                 f"{path}: the model's input is {shape[1]}x{shape[2]}x{shape[3]} but the metadata "
                 f"says {expected[0]}x{expected[1]}x{expected[2]}."
             )
+        # How photos are made square for this model; a sidecar from before the key existed means squash,
+        # the way every such model was trained.
+        # (read_sidecar has checked it is one of RESIZE_MODES)
+        self.resize: str = declared.get("resize", DEFAULT_RESIZE)
         n_out = int(np.prod(out["shape"]))
         if n_out != len(self.labels):
             raise _model_error(
@@ -183,7 +196,9 @@ class Classifier:
         self._input_view = interpreter.tensor(self._input_index)
 
     @classmethod
-    def from_path(cls, model_path: str | Path, num_threads: int | None = None) -> Classifier:
+    def from_path(
+        cls, model_path: str | Path, num_threads: int | None = None, tta: str = "none"
+    ) -> Classifier:
         """Load ``model_path`` and its sidecar; raise ServingError(500, "model_unavailable") if unusable."""
         path = Path(model_path)
         if not path.is_file():
@@ -195,13 +210,20 @@ class Classifier:
         except SidecarProblem as exc:
             raise _model_error(str(exc)) from None
         threads = default_num_threads() if num_threads is None else num_threads
-        return cls(load_interpreter(path, threads), meta, sha256=sha256, path=path)
+        return cls(load_interpreter(path, threads), meta, sha256=sha256, path=path, tta=tta)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """``uint8`` RGB pixels (height, width, 3) at :attr:`input_size` -> float32 probabilities."""
         expected = (*self.input_size, 3)
         if pixels.shape != expected:
             raise ValueError(f"pixels have shape {pixels.shape}, the model needs {expected}")
+        probs = self._invoke(pixels)
+        if self.tta == "flip":  # garments are left-right symmetric in meaning: average with the mirror
+            probs = ((probs.astype(np.float64) + self._invoke(pixels[:, ::-1])) / 2).astype(np.float32)
+        return probs
+
+    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
+        """One pass of the interpreter on pixels of the right shape -> float32 probabilities."""
         target = self._input_view()[0]
         if self._input_quant is None:
             np.copyto(target, pixels, casting="unsafe")

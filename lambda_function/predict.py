@@ -1,6 +1,6 @@
 """Classify images on this machine with the same code path as the Lambda handler.
 
-    python -m lambda_function.predict IMAGE_OR_URL... [--model PATH] [--top-k N] [--json]
+    python -m lambda_function.predict IMAGE_OR_URL... [--model PATH] [--top-k N] [--json] [--tta flip]
 
 Inputs are local files or http(s):// / s3:// URLs (fetched with the handler's safe fetcher, so
 loopback and private addresses are refused unless listed in env FETCH_ALLOWED_HOSTS).
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from lambda_function.classifier import DEFAULT_MODEL_PATH, Classifier
+from lambda_function.classifier import DEFAULT_MODEL_PATH, TTA_MODES, Classifier
 from lambda_function.errors import ServingError
 from lambda_function.events import DEFAULT_TOP_K, parse_top_k
 from lambda_function.service import classify_bytes, classify_url
@@ -57,13 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top-k", type=int, default=None, help=f"labels to show (default {DEFAULT_TOP_K})")
     parser.add_argument("--json", action="store_true", help="one JSON line per input on stdout")
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="test-time augmentation: 'flip' averages the image and its mirror (2x inference time)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        classifier = Classifier.from_path(args.model)
+        classifier = Classifier.from_path(args.model, tta=args.tta)
         top_k = parse_top_k(args.top_k, len(classifier.labels))
     except ServingError as err:
         print(f"error: {err.message}", file=sys.stderr)

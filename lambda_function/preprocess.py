@@ -298,20 +298,56 @@ def _composite_on_white(image: Image.Image) -> Image.Image:
     return canvas
 
 
-def resize_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Resize to ``size`` = (height, width), ignoring aspect ratio (as Keras's load_img does)."""
+# How a photo of any shape becomes the model's (usually square) input. The mode a model was trained
+# with is recorded in its sidecar ("input": {"resize": ...}) and served the same way.
+#   squash:    stretch to the input size, ignoring aspect ratio (Keras's load_img; every model trained
+#              before the sidecar named a mode was trained so, hence the default).
+#   letterbox: shrink to fit inside, keeping proportions, and pad the rest with PAD_COLOUR.
+#   crop:      shrink until the shorter side fits, keeping proportions, and cut the centre out.
+RESIZE_MODES = ("squash", "letterbox", "crop")
+DEFAULT_RESIZE = "squash"
+# Letterbox padding is mid-grey, not white or black: the model scales pixels with x / 127.5 - 1, so 128
+# becomes ~0, the value Xception's own zero padding shows its filters at every border; white or black
+# would be a strong edge, and repeating the edge pixels would stretch the garment's outline.
+PAD_COLOUR = (128, 128, 128)
+
+
+def check_resize_mode(mode: str) -> str:
+    """``mode`` if it is one of RESIZE_MODES, else ValueError naming the choices."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+    return mode
+
+
+def resize_image(image: Image.Image, size: tuple[int, int], mode: str = DEFAULT_RESIZE) -> Image.Image:
+    """Resize to ``size`` = (height, width) by ``mode`` (see RESIZE_MODES)."""
     height, width = size
+    check_resize_mode(mode)
     if image.size == (width, height):
         return image
-    return image.resize((width, height), RESAMPLE)
+    if mode == "squash":
+        return image.resize((width, height), RESAMPLE)
+    src_w, src_h = image.size
+    if mode == "crop":
+        # The largest centred box of the target's proportions, resized in one step (box= avoids a copy).
+        scale = max(width / src_w, height / src_h)
+        box_w, box_h = width / scale, height / scale
+        left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+        return image.resize((width, height), RESAMPLE, box=(left, top, left + box_w, top + box_h))
+    scale = min(width / src_w, height / src_h)
+    fit_w = min(width, max(1, round(src_w * scale)))
+    fit_h = min(height, max(1, round(src_h * scale)))
+    canvas = Image.new("RGB", (width, height), PAD_COLOUR)
+    canvas.paste(image.resize((fit_w, fit_h), RESAMPLE), ((width - fit_w) // 2, (height - fit_h) // 2))
+    return canvas
 
 
-def preprocess(data: bytes, size: tuple[int, int]) -> np.ndarray:
+def preprocess(data: bytes, size: tuple[int, int], resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """Bytes of an image file -> ``uint8`` array ``(height, width, 3)``, RGB, 0-255."""
-    image = resize_image(decode_image(data), size)
+    image = resize_image(decode_image(data), size, resize)
     return np.asarray(image, dtype=np.uint8).copy()
 
 
-def load_image_file(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+def load_image_file(path: str | Path, size: tuple[int, int], resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """:func:`preprocess` for a file on disk (the training data loader uses this)."""
-    return preprocess(Path(path).read_bytes(), size)
+    return preprocess(Path(path).read_bytes(), size, resize)

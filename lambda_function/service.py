@@ -18,7 +18,7 @@ TIMING_DIGITS = 1
 def classify_bytes(data: bytes, classifier: Classifier, top_k: int, *, fetch_ms: float = 0.0) -> dict:
     """Decode, resize and classify one image; raise ServingError for bad images."""
     started = time.perf_counter()
-    pixels = preprocess(data, classifier.input_size)
+    pixels = preprocess(data, classifier.input_size, classifier.resize)
     decoded = time.perf_counter()
     probs = classifier.predict(pixels)
     done = time.perf_counter()

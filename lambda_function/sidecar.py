@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 from lambda_function.jsonfile import JSONFileError, labels_problem, read_json_object
+from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
@@ -62,6 +63,12 @@ def read_sidecar(path: str | Path) -> dict:
         isinstance(inp.get(k), int) and inp[k] > 0 for k in ("height", "width", "channels")
     ):
         raise SidecarProblem(f"{WHAT} {path}: input height/width/channels must be positive ints.")
+    # Optional: absent means "squash", how every model was trained before the key existed.
+    if inp.get("resize", DEFAULT_RESIZE) not in RESIZE_MODES:
+        choices = ", ".join(RESIZE_MODES)
+        raise SidecarProblem(
+            f"{WHAT} {path}: input resize mode must be one of {choices}, not {inp['resize']!r}."
+        )
     return meta
 
 

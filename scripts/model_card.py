@@ -48,10 +48,10 @@ def measure(model_path: Path, data_dir: Path) -> dict:
     )
     logits = []
     for path in paths:
-        probs = classifier.predict(load_image_file(path, classifier.input_size))
+        probs = classifier.predict(load_image_file(path, classifier.input_size, classifier.resize))
         logits.append(np.log(np.clip(probs, 1e-12, None)))  # softmax(log p) == p
     metrics = compute_metrics(np.array(logits), targets, list(classifier.labels))
-    pixels = load_image_file(paths[0], classifier.input_size)
+    pixels = load_image_file(paths[0], classifier.input_size, classifier.resize)
     metrics["latency_p50_ms"] = latency_p50_ms(lambda: classifier.predict(pixels), LATENCY_RUNS, WARMUP_RUNS)
     # Other work on the machine moves this figure more than anything in the model: say how busy it was.
     metrics["load_average"] = os.getloadavg()[0]

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES, check_resize_mode
 from train.augment import SHEAR_DEG, ZOOM
 from train.data import MAX_UNREADABLE_FRACTION
 
@@ -43,15 +44,15 @@ def option(default, help: str, **cli):  # noqa: A002 - argparse's word
     return field(default=default, metadata={"help": help, "cli": cli})
 
 
-def parse_blocks(text: str) -> tuple[int, ...]:
+def parse_blocks(text: str, name: str = "pooled_blocks") -> tuple[int, ...]:
     """ "13,14" -> (13, 14): sorted, unique, each a block whose output can be pooled."""
     try:
         blocks = tuple(sorted({int(part) for part in str(text).split(",") if part.strip()}))
     except ValueError:
-        raise ValueError(f"pooled_blocks must be comma-separated block numbers, got {text!r}") from None
+        raise ValueError(f"{name} must be comma-separated block numbers, got {text!r}") from None
     if not blocks or blocks[0] < FIRST_RESIDUAL_BLOCK or blocks[-1] > LAST_BLOCK:
         raise ValueError(
-            f"pooled_blocks must name Xception blocks {FIRST_RESIDUAL_BLOCK}..{LAST_BLOCK}, got {text!r}"
+            f"{name} must name Xception blocks {FIRST_RESIDUAL_BLOCK}..{LAST_BLOCK}, got {text!r}"
         )
     return blocks
 
@@ -66,6 +67,14 @@ class TrainConfig:
     )
     weights: str = option("imagenet", '"imagenet" (Keras download), a local .weights.h5 path, or "none"')
     image_size: int = option(352, "square input side in pixels (Xception was trained at 299; needs >= 71)")
+    resize: str = option(
+        DEFAULT_RESIZE,
+        "how photos become squares: squash, letterbox (grey pad) or crop (centre)",
+        choices=RESIZE_MODES,
+    )
+    extra_dir: Path | None = option(
+        None, "a folder of more LABEL/IMAGE photos to train on (as the extra dataset)"
+    )
     pooled_blocks: str = option("11,12,13,14", "Xception blocks (2-14) whose pooled outputs are concatenated")
     standardize: bool = option(True, "scale each feature to zero mean, unit variance (inside the head)")
     train_views: int = option(1, "views per image: 1 = the image, 2 = + h-flip, 3.. = + shear/zoom/flip")
@@ -97,6 +106,14 @@ class TrainConfig:
         MAX_UNREADABLE_FRACTION, "stop above this unreadable share of a split"
     )
     check_images: int = option(8, "test images used to prove full model == head(features)")
+    fine_tune: bool = option(
+        False, "after the head: train the exit flow too (slow on CPU; accuracy unmeasured)"
+    )
+    fine_tune_blocks: str = option(
+        "13,14", "Xception blocks unfrozen by --fine-tune (BatchNorm stays frozen)"
+    )
+    fine_tune_epochs: int = option(3, "epochs of fine-tuning on pixels (each runs the whole base)")
+    fine_tune_learning_rate: float = option(1e-5, "low, so the ImageNet features are adjusted, not erased")
 
     # Not a hyper-parameter: filled in by __post_init__ so the rest of the code never re-derives it.
     resolved_cache_dir: Path = field(init=False, repr=False)
@@ -119,12 +136,22 @@ class TrainConfig:
         if self.limit_per_class is not None and self.limit_per_class < 1:
             raise ValueError(f"limit_per_class must be at least 1, got {self.limit_per_class}")
         parse_blocks(self.pooled_blocks)  # fail at startup, not after minutes of feature extraction
+        check_resize_mode(self.resize)
+        self.extra_dir = Path(self.extra_dir) if self.extra_dir is not None else None
+        if self.fine_tune:
+            parse_blocks(self.fine_tune_blocks, "fine_tune_blocks")
+            if self.fine_tune_epochs < 1:
+                raise ValueError(f"fine_tune_epochs must be at least 1, got {self.fine_tune_epochs}")
         self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
         self.resolved_cache_dir = self.cache_dir or self.output_dir / "cache"
 
     @property
     def blocks(self) -> tuple[int, ...]:
         return parse_blocks(self.pooled_blocks)
+
+    @property
+    def blocks_to_fine_tune(self) -> tuple[int, ...]:
+        return parse_blocks(self.fine_tune_blocks, "fine_tune_blocks")
 
     @property
     def threads(self) -> int:

@@ -8,16 +8,19 @@ loading), so the model card can list a split with the runtime requirements alone
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from lambda_function.errors import ServingError
-from lambda_function.preprocess import load_image_file
+from lambda_function.preprocess import DEFAULT_RESIZE, load_image_file
 from train.errors import DataError
 
 SPLITS = ("train", "validation", "test")
+# Optional table next to a LABEL/IMAGE folder (clothing-dataset-extra has one): image, label, kids, sender_id.
+IMAGE_TABLE = "images.csv"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 # Above this share of undecodable files in a split, something is wrong with the data, not one file.
 MAX_UNREADABLE_FRACTION = 0.05
@@ -120,6 +123,40 @@ def discover(data_dir: str | Path, limit_per_class: int | None = None) -> Datase
     return dataset
 
 
+def discover_folder(folder: str | Path, class_names: list[str], name: str = "extra") -> Split:
+    """A ``LABEL/IMAGE`` folder as one split labelled with ``class_names`` (the model's classes).
+
+    Every class folder must be one of ``class_names``; a class may be missing (a small folder need not
+    hold all ten). Raise DataError otherwise.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"Image folder not found: {root}")
+    found = _class_dirs(root)
+    unknown = sorted(set(found) - set(class_names))
+    if unknown:
+        raise DataError(f"{root} has class folders the model does not know: {unknown}; known: {class_names}")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, label in enumerate(class_names):
+        if label in found:
+            files = sorted(p for p in (root / label).iterdir() if _is_image(p))
+            paths.extend(files)
+            labels.extend([index] * len(files))
+    if not paths:
+        raise DataError(f"{root} holds no LABEL/IMAGE files ({', '.join(IMAGE_EXTENSIONS)}).")
+    return Split(name, paths, np.asarray(labels, dtype=np.int64))
+
+
+def read_image_table(folder: str | Path) -> dict[str, dict[str, str]]:
+    """``images.csv`` of a folder as {image id (file stem): row}, or {} when the folder has none."""
+    path = Path(folder) / IMAGE_TABLE
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {row["image"]: row for row in csv.DictReader(handle) if row.get("image")}
+
+
 @dataclass
 class Skipped:
     path: str
@@ -132,6 +169,7 @@ def load_split(
     size: tuple[int, int],
     desc: str = "load",
     max_unreadable_fraction: float = MAX_UNREADABLE_FRACTION,
+    resize: str = DEFAULT_RESIZE,
 ) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
     """Decode and resize ``paths`` -> (uint8 (N,H,W,3), indices of the kept paths, skipped files).
 
@@ -146,7 +184,7 @@ def load_split(
     skipped: list[Skipped] = []
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img")):
         try:
-            images[len(kept)] = load_image_file(path, size)
+            images[len(kept)] = load_image_file(path, size, resize)
         except ServingError as exc:
             skipped.append(Skipped(str(path), exc.code, exc.message))
             tqdm.write(f"WARNING: skipping unreadable image {path}: {exc.code}: {exc.message}")

@@ -192,27 +192,49 @@ def write_report(
         report.update(extra)
     (out / METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
     accuracy = report["accuracy"]
-    plot_confusion_matrix(
-        np.asarray(report["confusion_matrix"]),
-        class_names,
-        out / CONFUSION_PNG,
-        f"{split}: accuracy {accuracy:.1%} ({report['num_images']} images)",
-    )
+    title = f"{split}: accuracy {accuracy:.1%} ({report['num_images']} images)"
+    groups = [
+        f"{name} {g['accuracy']:.1%} ({g['num_images']})"
+        for name, g in report.get("groups", {}).items()
+        if g["accuracy"] is not None
+    ]
+    if groups:  # kids vs adults, where the folder says which photo is which
+        title += "\n" + ", ".join(groups)
+    plot_confusion_matrix(np.asarray(report["confusion_matrix"]), class_names, out / CONFUSION_PNG, title)
     plot_per_class(report, out / PER_CLASS_PNG, f"{split}: per-class precision / recall / F1")
     return report
 
 
+def group_accuracy(paths: list, logits: np.ndarray, y_true: np.ndarray, table: dict) -> dict:
+    """Accuracy of kids' and adults' photos apart, from an images.csv table keyed by file stem."""
+    correct = softmax(logits).argmax(axis=1) == np.asarray(y_true)
+    kids = np.asarray([table.get(Path(p).stem, {}).get("kids") == "True" for p in paths], dtype=bool)
+    known = np.asarray([Path(p).stem in table for p in paths], dtype=bool)
+    out = {}
+    for name, rows in (("kids", kids & known), ("adults", ~kids & known)):
+        out[name] = {
+            "accuracy": float(correct[rows].mean()) if rows.any() else None,
+            "num_images": int(rows.sum()),
+        }
+    return out
+
+
 def evaluate_saved_model(
     model_path: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | None = None,
     split: str = DEFAULT_SPLIT,
     output_dir: str | Path | None = None,
+    images_dir: str | Path | None = None,
 ) -> dict:
-    """Run the saved full model on every image of ``split`` and write the report (slow but honest)."""
+    """Run the saved full model on every image of ``split`` (or of ``images_dir``, a LABEL/IMAGE folder)
+    and write the report (slow but honest). Photos are made square the way the model was trained
+    (``resize`` in the config.json next to it; squash without one)."""
     import keras
     from tqdm import tqdm
 
-    from train.data import discover, load_split
+    from convert.errors import ModelLoadError
+    from convert.savedmodel import load_resize
+    from train.data import discover, discover_folder, load_split, read_image_table
     from train.errors import DataError
 
     model_path = Path(model_path)
@@ -228,21 +250,36 @@ def evaluate_saved_model(
     problem = labels_problem(labels)
     if problem:
         raise DataError(f"{labels_path}: {problem}.")
-    dataset = discover(data_dir)
-    if dataset.class_names != labels:
-        raise DataError(f"The data's classes {dataset.class_names} differ from the model's labels {labels}")
-    if split not in dataset.splits:
-        raise DataError(f"Unknown split {split!r}; choose from {list(dataset.splits)}")
+    try:
+        resize = load_resize(model_path)
+    except ModelLoadError as exc:
+        raise DataError(str(exc)) from None
+    table: dict = {}
+    if images_dir is not None:
+        split = Path(images_dir).name
+        data = discover_folder(images_dir, labels, split)
+        table = read_image_table(images_dir)
+    else:
+        if data_dir is None:
+            raise DataError("Pass --data-dir (a dataset with splits) or --images-dir (a LABEL/IMAGE folder)")
+        dataset = discover(data_dir)
+        if dataset.class_names != labels:
+            found = dataset.class_names
+            raise DataError(f"The data's classes {found} differ from the model's labels {labels}")
+        if split not in dataset.splits:
+            raise DataError(f"Unknown split {split!r}; choose from {list(dataset.splits)}")
+        data = dataset.splits[split]
     model = keras.saving.load_model(model_path)
     height, width = model.input_shape[1:3]
-    data = dataset.splits[split]
-    images, kept, skipped = load_split(data.paths, (height, width), desc=f"load {split}")
+    images, kept, skipped = load_split(data.paths, (height, width), desc=f"load {split}", resize=resize)
     logits = np.empty((len(images), len(labels)), dtype=np.float32)
     for start in tqdm(range(0, len(images), PREDICT_BATCH), desc=f"predict {split}", unit="batch"):
         chunk = images[start : start + PREDICT_BATCH].astype(np.float32)
         logits[start : start + len(chunk)] = np.asarray(model(chunk, training=False))
     paths = [data.paths[i] for i in kept]
-    extra = {"model": str(model_path), "skipped_images": [s.__dict__ for s in skipped]}
+    extra = {"model": str(model_path), "resize": resize, "skipped_images": [s.__dict__ for s in skipped]}
+    if table:
+        extra["groups"] = group_accuracy(paths, logits, data.labels[kept], table)
     # Its own folder by default, so the training run's metrics.json is never overwritten.
     return write_report(
         output_dir or model_path.parent / f"evaluation-{split}",
@@ -258,29 +295,35 @@ def evaluate_saved_model(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.evaluate",
-        description="Evaluate a saved model.keras (labels.json next to it) on a split of a dataset.",
+        description="Evaluate a saved model.keras (labels.json next to it) on a split of a dataset, "
+        "or on any folder of LABEL/IMAGE photos (with images.csv: kids' and adults' photos apart too).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", type=Path, help="path of the saved full model (.keras)")
-    parser.add_argument(
-        "--data-dir", type=Path, required=True, help="dataset root with train/validation/test"
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="dataset root with train/validation/test")
+    where.add_argument(
+        "--images-dir", type=Path, help="a LABEL/IMAGE folder, e.g. ../shared/data/clothing-dataset-extra"
     )
-    parser.add_argument("--split", default=DEFAULT_SPLIT, help="which split to evaluate")
+    parser.add_argument("--split", default=DEFAULT_SPLIT, help="which split of --data-dir to evaluate")
     parser.add_argument(
         "--output-dir",
         type=Path,
         default=None,
-        help="where to write metrics.json and PNGs (default: MODEL_DIR/evaluation-SPLIT)",
+        help="where to write metrics.json and PNGs (default: MODEL_DIR/evaluation-SPLIT or -FOLDER)",
     )
     args = parser.parse_args(argv)
     from train.errors import TrainError
 
     try:
-        report = evaluate_saved_model(args.model, args.data_dir, args.split, args.output_dir)
+        report = evaluate_saved_model(args.model, args.data_dir, args.split, args.output_dir, args.images_dir)
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.split} accuracy {report['accuracy']:.4f} on {report['num_images']} images")
+    print(f"{report['split']} accuracy {report['accuracy']:.4f} on {report['num_images']} images")
+    for name, group in report.get("groups", {}).items():
+        if group["accuracy"] is not None:
+            print(f"  {name}: accuracy {group['accuracy']:.4f} on {group['num_images']} images")
     return 0
 
 

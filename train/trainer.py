@@ -23,10 +23,11 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from lambda_function.preprocess import DEFAULT_RESIZE
 from train import evaluate
 from train.augment import make_view, view_rng
 from train.config import TrainConfig
-from train.data import Dataset, Skipped, discover, load_split
+from train.data import Dataset, Skipped, discover, discover_folder, load_split
 from train.errors import AssemblyError, DataError
 from train.features import (
     build_extractor,
@@ -47,6 +48,8 @@ LABELS_FILE = "labels.json"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 SKIPPED_FILE = "skipped_images.json"
+# The split name under which --extra-dir photos join the training data (and its feature cache files).
+EXTRA_SPLIT = "extra"
 
 
 @dataclass
@@ -54,6 +57,15 @@ class SplitFeatures:
     features: np.ndarray  # (N, features_dim) float32 for the kept images (all views stacked for train)
     labels: np.ndarray  # (N,) int
     paths: list[Path]  # kept image files (one entry per row of view 0)
+
+
+def concat_features(first: SplitFeatures, second: SplitFeatures) -> SplitFeatures:
+    """Rows of ``first`` then ``second`` (e.g. train then the extra photos), as one training set."""
+    return SplitFeatures(
+        features=np.concatenate([first.features, second.features]),
+        labels=np.concatenate([first.labels, second.labels]),
+        paths=first.paths + second.paths,
+    )
 
 
 @dataclass
@@ -111,6 +123,7 @@ class FeatureStore:
                 size,
                 desc=f"load {split}",
                 max_unreadable_fraction=self.config.max_unreadable_fraction,
+                resize=self.config.resize,
             )
         return self.pixels[split]
 
@@ -126,6 +139,8 @@ class FeatureStore:
         }
         if view >= 2:  # random views also depend on the seed and the augmentation ranges
             parts.update(seed=cfg.seed, shear_deg=cfg.shear_deg, zoom=cfg.zoom)
+        if cfg.resize != DEFAULT_RESIZE:  # only then: caches written before resize modes stay valid
+            parts.update(resize=cfg.resize)
         return cache_key(**parts)
 
     def get(self, split: str, view: int) -> tuple[np.ndarray, np.ndarray, list[Skipped]]:
@@ -272,7 +287,7 @@ def check_assembly(
     if "test" in store.pixels:
         images = store.pixels["test"][0][:count]
     else:  # features came from the cache: decode just these few images
-        images = load_split(test.paths[:count], size, desc="load check images")[0]
+        images = load_split(test.paths[:count], size, desc="load check images", resize=store.config.resize)[0]
     full = np.asarray(model(images.astype(np.float32), training=False))
     diff = float(np.abs(full - head_logits[:count]).max())
     if diff > ASSEMBLY_TOLERANCE:
@@ -281,6 +296,30 @@ def check_assembly(
             "the cached features do not match this extractor (delete the cache and rerun)."
         )
     return diff
+
+
+def full_model_logits(model: keras.Model, store: FeatureStore, split: str, rows: int) -> np.ndarray:
+    """The full model run on a split's decoded pixels (the ``rows`` images its cached features hold)."""
+    images, kept, _ = store.load_pixels(split)
+    if len(kept) != rows:
+        raise DataError(f"{split}: {len(kept)} readable images now, {rows} in the cache; delete the cache")
+    return np.asarray(model.predict(images.astype(np.float32), batch_size=16, verbose=0))
+
+
+def run_fine_tune(config: TrainConfig, model: keras.Model, store: FeatureStore, dataset: Dataset) -> dict:
+    """Fine-tune the exit flow on train (+ extra) pixels, validated on validation; write nothing."""
+    from train.finetune import fine_tune
+
+    def pixels(split: str) -> tuple[np.ndarray, np.ndarray]:
+        images, kept, _ = store.load_pixels(split)
+        return images, dataset.splits[split].labels[kept]
+
+    images, labels = pixels("train")
+    if EXTRA_SPLIT in dataset.splits:
+        more, more_labels = pixels(EXTRA_SPLIT)
+        images, labels = np.concatenate([images, more]), np.concatenate([labels, more_labels])
+    print(f"fine-tuning blocks {config.fine_tune_blocks} on {len(labels)} images (slow on CPU)")
+    return fine_tune(config, model, (images, labels), pixels("validation"), len(dataset.class_names))
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -302,12 +341,21 @@ def train(config: TrainConfig) -> TrainResult:
     counts = {name: len(split) for name, split in dataset.splits.items()}
     print(f"data: {len(dataset.class_names)} classes {dataset.class_names}; images {counts}")
 
+    if config.extra_dir is not None:
+        dataset.splits[EXTRA_SPLIT] = discover_folder(config.extra_dir, dataset.class_names, EXTRA_SPLIT)
+        print(f"extra training photos: {len(dataset.splits[EXTRA_SPLIT])} from {config.extra_dir}")
+
     extractor = build_extractor(config.image_size, config.weights, config.blocks)
     store = FeatureStore(config, dataset, extractor)
     train_f = store.split_features("train", config.train_views)
+    extra_rows = 0
+    if EXTRA_SPLIT in dataset.splits:
+        extra_f = store.split_features(EXTRA_SPLIT, config.train_views)
+        extra_rows = len(extra_f.paths)
+        train_f = concat_features(train_f, extra_f)
     val_f = store.split_features("validation", 1)  # serving sees one view, so validate on one
     test_f = store.split_features("test", 1)
-    skipped = [s for split in ("train", "validation", "test") for s in store.skipped.get(split, [])]
+    skipped = [s for split in dataset.splits for s in store.skipped.get(split, [])]
     (out / SKIPPED_FILE).write_text(json.dumps([s.__dict__ for s in skipped], indent=2) + "\n")
     if skipped:
         print(f"WARNING: {len(skipped)} unreadable image(s) skipped; see {out / SKIPPED_FILE}")
@@ -319,9 +367,19 @@ def train(config: TrainConfig) -> TrainResult:
     phase("head_training_s")
 
     model = build_full_model(extractor, head)
+    fine_tuned = None
+    if config.fine_tune:
+        fine_tuned = run_fine_tune(config, model, store, dataset)
+        # The same (now fine-tuned) layers in a model without the fine-tuning optimizer's state, which
+        # the saved file need not carry and Keras would warn about when loading it.
+        model = build_full_model(extractor, head)
+        phase("fine_tune_s")
     model.save(out / MODEL_FILE)
     (out / LABELS_FILE).write_text(json.dumps(dataset.class_names, indent=2) + "\n")
-    (out / HISTORY_FILE).write_text(json.dumps({"best_epoch": keep.best_epoch, **history}, indent=2) + "\n")
+    history_record = {"best_epoch": keep.best_epoch, **history}
+    if fine_tuned is not None:
+        history_record["fine_tune"] = fine_tuned
+    (out / HISTORY_FILE).write_text(json.dumps(history_record, indent=2) + "\n")
     config_record = {
         "config": config.to_dict(),
         "versions": versions(),
@@ -332,8 +390,12 @@ def train(config: TrainConfig) -> TrainResult:
     evaluate.plot_training_curves(history, out / evaluate.CURVES_PNG, keep.best_epoch)
     phase("save_s")
 
-    test_logits = np.asarray(head(test_f.features, training=False))
-    assembly_diff = check_assembly(model, store, test_f, test_logits, config.check_images)
+    if fine_tuned is None:
+        test_logits = np.asarray(head(test_f.features, training=False))
+        assembly_diff = check_assembly(model, store, test_f, test_logits, config.check_images)
+    else:  # the base changed: the cached features no longer describe this model, so run it on pixels
+        test_logits = full_model_logits(model, store, "test", len(test_f.labels))
+        assembly_diff = 0.0
     val_accuracy, val_loss = keep.best
     extra = {
         "best_epoch": keep.best_epoch,
@@ -345,6 +407,15 @@ def train(config: TrainConfig) -> TrainResult:
         "feature_backend": config.feature_backend,
         "skipped_images": len(skipped),
     }
+    if fine_tuned is not None:
+        extra["fine_tune"] = {
+            "best_epoch": fine_tuned["best_epoch"],
+            "val_accuracy": max(fine_tuned["val_accuracy"]),
+            "unfrozen_layers": len(fine_tuned["unfrozen_layers"]),
+        }
+        extra["assembly_check"] = {"skipped": "fine-tuned: test logits come from the full model"}
+    if EXTRA_SPLIT in dataset.splits:
+        extra["extra_training_images"] = extra_rows
     report = evaluate.write_report(
         out, test_logits, test_f.labels, dataset.class_names, test_f.paths, "test", extra
     )

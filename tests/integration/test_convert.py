@@ -379,3 +379,21 @@ def test_percentile_ranges_narrow_min_max_calibration(keras_model_path, data_dir
     runner_path = tmp_path / "clipped.tflite"
     runner_path.write_bytes(quantize_calibrated(clip_ranges(calibrated, ranges, 99)))
     assert load_runner(runner_path).predict_logits(np.zeros((1, *SIZE, 3), np.float32)).shape == (1, 3)
+
+
+def test_the_training_resize_mode_reaches_the_sidecar_and_the_runtime(converted, keras_model_path, tmp_path):
+    import shutil
+
+    from lambda_function.classifier import Classifier
+
+    result, _ = converted
+    assert read_sidecar(result.models["tflite-fp32"])["input"]["resize"] == "squash"  # no config.json
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(keras_model_path, folder / "model.keras")
+    shutil.copy(keras_model_path.with_name("labels.json"), folder / "labels.json")
+    (folder / "config.json").write_text(json.dumps({"config": {"resize": "letterbox"}}))
+    options = ConvertOptions(formats=("tflite",), variants=("fp32",), latency_runs=1)
+    boxed = run(folder / "model.keras", tmp_path / "out", options).models["tflite-fp32"]
+    assert read_sidecar(boxed)["input"]["resize"] == "letterbox"
+    assert Classifier.from_path(boxed, num_threads=1).resize == "letterbox"

@@ -39,6 +39,7 @@ def test_write_then_read_round_trip(model_file):
         "layout": "NHWC",
         "dtype": "float32",
         "range": [0, 255],
+        "resize": "squash",  # the default resize mode, written out so the sidecar says it
     }
     assert meta["sha256"] == hashlib.sha256(b"pretend model bytes").hexdigest()
     assert meta["source"] == {
@@ -56,6 +57,18 @@ def test_validation_key_is_optional(model_file):
     meta = read_sidecar(path.with_suffix(".json"))
     assert "validation" not in meta
     assert (meta["input"]["height"], meta["input"]["width"]) == (64, 48)
+
+
+def test_resize_mode_is_written_and_optional_when_read(model_file):
+    path, source = model_file
+    sidecar = write_sidecar(path, "tflite", "fp32", LABELS, (32, 32), source, {}, resize="letterbox")
+    assert read_sidecar(path)["input"]["resize"] == "letterbox"
+    meta = json.loads(sidecar.read_text())
+    del meta["input"]["resize"]  # a sidecar written before the key existed
+    sidecar.write_text(json.dumps(meta))
+    assert "resize" not in read_sidecar(path)["input"]
+    with pytest.raises(ValueError, match="resize mode"):
+        write_sidecar(path, "tflite", "fp32", LABELS, (32, 32), source, {}, resize="stretch")
 
 
 def test_unknown_variant_is_refused_when_writing(model_file):
@@ -83,6 +96,7 @@ def test_tampered_model_is_detected(model_file):
         (lambda m: m.update(schema_version=2), "schema_version"),
         (lambda m: m.update(variant="int4"), "unknown variant"),
         (lambda m: m["input"].update(height=0), "positive"),
+        (lambda m: m["input"].update(resize="stretch"), "resize mode must be one of"),
     ],
 )
 def test_bad_sidecars_are_refused(model_file, change, message):
@@ -134,6 +148,22 @@ def test_plan_skips_variants_a_format_does_not_have():
 
 def test_tflite_and_onnx_files_get_distinct_sidecars():
     assert file_stem("tflite", "fp32") != file_stem("onnx", "fp32")
+
+
+def test_the_resize_mode_comes_from_the_training_config(tmp_path):
+    from convert.errors import ModelLoadError
+    from convert.savedmodel import load_resize
+
+    model = tmp_path / "model.keras"
+    assert load_resize(model) == "squash"  # no config.json: trained before resize modes, or elsewhere
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"config": {"image_size": 352}}))
+    assert load_resize(model) == "squash"
+    config.write_text(json.dumps({"config": {"resize": "crop"}}))
+    assert load_resize(model) == "crop"
+    config.write_text(json.dumps({"config": {"resize": "stretch"}}))
+    with pytest.raises(ModelLoadError, match="resize mode must be one of"):
+        load_resize(model)
 
 
 def test_training_facts_travel_from_config_json_to_the_sidecar(model_file):
