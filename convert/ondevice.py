@@ -25,7 +25,7 @@ import io
 import json
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from convert.errors import ConversionError
 from lambda_function.classifier import file_sha256
+from lambda_function.preprocess import DEFAULT_RESIZE
 
 ONDEVICE_ID = "tflite-ondevice"
 FILE_NAME = "tflite_ondevice.tflite"
@@ -54,14 +55,29 @@ class ModelInfo:
     """The general metadata: what a model browser (or Android Studio's model view) shows."""
 
     name: str = "Clothing classifier"
-    description: str = (
-        "Classifies a photo of one garment by clothing type (labels.txt lists them). Xception "
-        "transfer learning; the input is the whole photo resized to the model's size without "
-        "keeping the aspect ratio (no crop), RGB 0-255; the output is one probability per label."
-    )
+    description: str = ""  # empty: describe_input() for the source's resize mode
+
     version: str = ""
     author: str = "The edge-clothing-classifier contributors"
     license: str = "MIT (code and model); trained on the clothing dataset by Alexey Grigorev, CC0 1.0"
+
+
+# How the model was trained to see a photo (sidecar input.resize, lambda_function.preprocess): MediaPipe's
+# ImageClassifier only ever squashes, so for the other modes the app must frame the photo itself first.
+INPUT_FRAMING = {
+    "squash": "the whole photo resized to the model's size without keeping the aspect ratio (no crop)",
+    "letterbox": "the whole photo shrunk to fit the model's size and padded with mid-grey (128, 128, 128) "
+    "to a square; pad it so before classifying",
+    "crop": "the centre square of the photo resized to the model's size; crop it so before classifying",
+}
+
+
+def describe_input(resize: str) -> str:
+    """The model description MediaPipe and model browsers show, for a model trained with ``resize``."""
+    return (
+        "Classifies a photo of one garment by clothing type (labels.txt lists them). Xception transfer "
+        f"learning; the input is {INPUT_FRAMING[resize]}, RGB 0-255; the output is one probability per label."
+    )
 
 
 def _schemas():
@@ -233,7 +249,10 @@ def add_metadata(model: bytes, labels: list[str], info: ModelInfo | None = None)
     if n_out != len(labels):
         raise ConversionError(f"The model has {n_out} outputs but {len(labels)} labels were given.")
     buffer = tfl_fb.BufferT()
-    buffer.data = np.frombuffer(_metadata_buffer(model_t, labels, info or ModelInfo()), dtype=np.uint8)
+    buffer.data = np.frombuffer(
+        _metadata_buffer(model_t, labels, info or ModelInfo(description=describe_input(DEFAULT_RESIZE))),
+        dtype=np.uint8,
+    )
     model_t.buffers.append(buffer)
     field = tfl_fb.MetadataT()
     field.name = METADATA_FIELD.encode()
@@ -297,6 +316,8 @@ def make_ondevice(source: str | Path, out_path: str | Path, info: ModelInfo | No
     if info is None:
         created = str(meta.get("created", ""))[:10]
         info = ModelInfo(version=f"{meta['variant']} {meta['sha256'][:12]} {created}".strip())
+    if not info.description:
+        info = replace(info, description=describe_input(meta["input"].get("resize", DEFAULT_RESIZE)))
     model = add_metadata(append_softmax(source.read_bytes()), list(meta["labels"]), info)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")

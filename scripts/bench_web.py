@@ -40,7 +40,8 @@ def photos(data_dir: Path | None, split: str, limit: int | None, labels: list[st
 def run(files: list[Path], screenshot: Path | None) -> dict:
     cli = Classifier.from_path(REPO / "lambda_function" / "model" / "model.tflite")
     cli_top1 = {
-        f: cli.labels[int(cli.predict(preprocess(f.read_bytes(), cli.input_size)).argmax())] for f in files
+        f: cli.labels[int(cli.predict(preprocess(f.read_bytes(), cli.input_size, cli.resize)).argmax())]
+        for f in files
     }
     result: dict = {"images": len(files), "framings": {}}
     with web_page.serve() as url, web_page.browser() as browser:

@@ -92,6 +92,21 @@ def test_metadata_names_labels_normalisation_and_version(tiny_model_path, ondevi
     assert meta["author"] and meta["license"] and meta["name"]
 
 
+def test_the_description_says_how_the_model_frames_a_photo(tmp_path, tiny_model_path, ondevice_path):
+    # MediaPipe squashes every photo: a model trained on letterboxed photos must say so to the app.
+    assert (
+        "without keeping the aspect ratio"
+        in ondevice.read_metadata(ondevice_path.read_bytes())["description"]
+    )
+    letterboxed = tmp_path / "letterboxed.tflite"
+    shutil.copy(tiny_model_path, letterboxed)
+    sidecar = json.loads(tiny_model_path.with_suffix(".json").read_text())
+    sidecar["input"]["resize"] = "letterbox"
+    letterboxed.with_suffix(".json").write_text(json.dumps(sidecar))
+    out = ondevice.make_ondevice(letterboxed, tmp_path / "letterboxed_ondevice.tflite")
+    assert "padded with mid-grey" in ondevice.read_metadata(out.read_bytes())["description"]
+
+
 def test_the_same_source_always_gives_the_same_file(tmp_path, tiny_model_path, ondevice_path):
     again = ondevice.make_ondevice(tiny_model_path, tmp_path / "again.tflite")
     assert again.read_bytes() == ondevice_path.read_bytes()
