@@ -49,8 +49,10 @@ from urllib.parse import urlsplit
 
 try:  # run as a script (make invoke) or imported as scripts.local_runtime (tests)
     import build_artifact
+    from cfn_yaml import load_cfn
 except ImportError:
     from scripts import build_artifact
+    from scripts.cfn_yaml import load_cfn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -65,29 +67,6 @@ INIT_TIMEOUT_S = 60.0
 
 
 # ---------------------------------------------------------------- template.yaml
-
-
-class _CfnLoader:
-    """A yaml.SafeLoader that reads CloudFormation's short tags (!Ref, !If, ...) as plain dicts."""
-
-    @staticmethod
-    def load(text: str) -> dict:
-        import yaml
-
-        class Loader(yaml.SafeLoader):
-            pass
-
-        def tag(loader, suffix, node):
-            if isinstance(node, yaml.ScalarNode):
-                value = loader.construct_scalar(node)
-            elif isinstance(node, yaml.SequenceNode):
-                value = loader.construct_sequence(node, deep=True)
-            else:
-                value = loader.construct_mapping(node, deep=True)
-            return {"Ref" if suffix == "Ref" else f"Fn::{suffix}": value}
-
-        Loader.add_multi_constructor("!", tag)
-        return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclass(frozen=True)
@@ -105,7 +84,7 @@ class FunctionConfig:
 
 def read_function_config(template: Path = TEMPLATE, function_id: str = FUNCTION_ID) -> FunctionConfig:
     """``function_id``'s handler, environment and limits, with every parameter at its default."""
-    doc = _CfnLoader.load(template.read_text(encoding="utf-8"))
+    doc = load_cfn(template.read_text(encoding="utf-8"))
     defaults = {name: spec.get("Default") for name, spec in (doc.get("Parameters") or {}).items()}
     globals_ = (doc.get("Globals") or {}).get("Function") or {}
     props = {**globals_, **doc["Resources"][function_id]["Properties"]}

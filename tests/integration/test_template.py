@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lambda_function.bulk import RetryLater
 from lambda_function.events import (
@@ -33,6 +32,7 @@ from lambda_function.events import (
     parse_bulk_event,
     parse_event,
 )
+from scripts.cfn_yaml import load_cfn
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
@@ -82,29 +82,8 @@ print(json.dumps(transform(template, json.loads(sys.argv[3]), NoManagedPolicies(
 # ---------------------------------------------------------------- helpers
 
 
-class _CfnLoader(yaml.SafeLoader):
-    """YAML with CloudFormation's short tags (!Ref, !If, !Sub...) read as their long JSON forms."""
-
-
-def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix in ("Ref", "Condition"):
-        return {suffix: value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
 def load_template() -> dict:
-    return yaml.load(TEMPLATE.read_text(encoding="utf-8"), Loader=_CfnLoader)  # noqa: S506 (SafeLoader)
+    return load_cfn(TEMPLATE.read_text(encoding="utf-8"))
 
 
 def find_sam() -> Path:
