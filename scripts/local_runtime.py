@@ -43,16 +43,18 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
 try:  # run as a script (make invoke) or imported as scripts.local_runtime (tests)
     import build_artifact
     from cfn_yaml import load_cfn
+    from loopback import LoopbackServer, QuietHandler
 except ImportError:
     from scripts import build_artifact
     from scripts.cfn_yaml import load_cfn
+    from scripts.loopback import LoopbackServer, QuietHandler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -163,22 +165,17 @@ class RuntimeAPI:
         self.init_error: tuple[bytes, str | None] | None = None
         self.polls = 0  # GET /next calls so far: the runtime is idle and has written its logs
         self.changed = threading.Condition()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._server = LoopbackServer(self._handler_class())
 
     @property
     def address(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"{host}:{port}"
+        return self._server.host
 
     def __enter__(self) -> RuntimeAPI:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.close()
 
     def _notify(self) -> None:
         with self.changed:
@@ -187,7 +184,7 @@ class RuntimeAPI:
     def _handler_class(self):
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):  # noqa: N802
@@ -234,9 +231,6 @@ class RuntimeAPI:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
 
         return Handler
 
@@ -444,23 +438,17 @@ class SampleServer:
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        handler = partial(_QuietFileHandler, directory=str(self.directory))
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._server = LoopbackServer(partial(_QuietFileHandler, directory=str(self.directory)))
 
     @property
     def host(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"{host}:{port}"
+        return self._server.host
 
     def __enter__(self) -> SampleServer:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.close()
 
     def url_for(self, original: str) -> str:
         """The loopback URL of the sample the original URL names (by file stem or folder)."""
@@ -490,9 +478,8 @@ class SampleServer:
         return event
 
 
-class _QuietFileHandler(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
+class _QuietFileHandler(QuietHandler, SimpleHTTPRequestHandler):
+    """Files from a directory, no request logging."""
 
 
 # ---------------------------------------------------------------- command line
