@@ -31,8 +31,9 @@ class LoopbackServer:
         *,
         tls: ssl.SSLContext | None = None,
         quiet_errors: bool = False,
+        port: int = 0,  # 0: a free port the OS picks; `make web` asks for a fixed one
     ):
-        self.httpd = ThreadingHTTPServer((HOST, 0), handler_class)
+        self.httpd = ThreadingHTTPServer((HOST, port), handler_class)
         self.httpd.daemon_threads = True
         if quiet_errors:  # for tests whose clients hang up on purpose
             self.httpd.handle_error = lambda request, address: None

@@ -15,8 +15,10 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
+
+from scripts.loopback import LoopbackServer, QuietHandler
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_DIR = REPO / "web"
@@ -28,7 +30,7 @@ LOAD_TIMEOUT_MS = 120_000
 CLASSIFY_TIMEOUT_MS = 60_000
 
 
-class _Handler(SimpleHTTPRequestHandler):
+class _Handler(QuietHandler, SimpleHTTPRequestHandler):
     # Module scripts and WASM streaming compilation need these exact types; Python 3.11's table
     # lacks .mjs.
     extensions_map = {
@@ -38,9 +40,6 @@ class _Handler(SimpleHTTPRequestHandler):
         ".wasm": "application/wasm",
         ".tflite": "application/octet-stream",
     }
-
-    def log_message(self, *args):  # quiet: one line per 22 MB model fetch is noise
-        pass
 
 
 def missing_parts() -> list[str]:
@@ -56,17 +55,8 @@ def missing_parts() -> list[str]:
 @contextlib.contextmanager
 def serve(root: Path = WEB_DIR, port: int = 0) -> Iterator[str]:
     """Serve ``root`` on 127.0.0.1:``port`` (0 = any free port) in a thread; yield its base URL."""
-    handler = functools.partial(_Handler, directory=str(root))
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+    with LoopbackServer(functools.partial(_Handler, directory=str(root)), port=port) as server:
+        yield server.url("/")
 
 
 def chromium_path() -> str | None:
