@@ -38,6 +38,7 @@ TRAINING_KEYS = (
     "dense_units",
     "dropout",
     "train_views",
+    "view_style",
     "extra_dir",
     "fine_tune",
 )

@@ -1,4 +1,4 @@
-"""Training-time image views: flips and random shear / zoom, on uint8 RGB arrays (numpy + Pillow only).
+"""Training-time image views: flips, random shear / zoom or "photo" views of uint8 RGB arrays (numpy, Pillow).
 
 The frozen base runs once per view and its features are cached, so a "view" here is a fixed, seeded
 copy of the training image, not a fresh random draw per epoch.
@@ -7,6 +7,11 @@ Out-of-image pixels are filled by extending the edge pixels (Keras ImageDataGene
 ``fill_mode="nearest"``, which the seed recipe used): product photos have plain backgrounds, so the edge
 colour continues the background, whereas a constant white or black fill would add artificial borders
 that never occur at serving time.
+
+Two styles of random view (``TrainConfig.view_style``): ``affine`` is the seed recipe's shear and zoom;
+``photo`` imitates another person's photo of the same garment (issue 10): a random resized crop (framing),
+a small rotation (a phone held askew), and colour and lighting jitter (another room, another camera's
+white balance), each drawn independently, plus a 50% mirror.
 """
 
 from __future__ import annotations
@@ -19,6 +24,16 @@ from PIL import Image
 SHEAR_DEG = 10.0  # the seed's shear_range=10 (degrees)
 ZOOM = 0.1  # the seed's zoom_range=0.1: scale drawn from [1 - ZOOM, 1 + ZOOM] per axis
 RESAMPLE = Image.Resampling.BILINEAR
+VIEW_STYLES = ("affine", "photo")
+# "photo" view ranges (torchvision's RandomResizedCrop / ColorJitter vocabulary). The crop keeps at least
+# half the area, so the garment, which fills most of these photos, stays mostly in view.
+CROP_AREA = (0.5, 1.0)
+CROP_ASPECT = (3 / 4, 4 / 3)
+ROTATE_DEG = 10.0
+BRIGHTNESS = 0.25  # factor drawn from [1 - b, 1 + b]
+CONTRAST = 0.25
+SATURATION = 0.3
+WHITE_BALANCE = 0.08  # per-channel gain drawn from [1 - w, 1 + w]
 
 
 def hflip(arr: np.ndarray) -> np.ndarray:
@@ -26,16 +41,18 @@ def hflip(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[:, ::-1])
 
 
-def _affine(arr: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Resample ``arr`` so that output pixel p (about the centre) shows input pixel centre + matrix @ p."""
+def _affine(arr: np.ndarray, matrix: np.ndarray, shift=(0.0, 0.0)) -> np.ndarray:
+    """Resample ``arr`` so that output pixel p (about the centre) shows input pixel
+    centre + shift + matrix @ p (``shift``: x, y in pixels)."""
     height, width = arr.shape[:2]
     centre = np.array([width / 2.0, height / 2.0])
+    shift = np.asarray(shift, dtype=np.float64)
     corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], dtype=np.float64) - centre
-    reach = np.abs(corners @ matrix.T).max(axis=0)  # how far outside the image the sources can go
+    reach = np.abs(corners @ matrix.T + shift).max(axis=0)  # how far outside the image sources can go
     pad = int(math.ceil(max(reach[0] - width / 2.0, reach[1] - height / 2.0, 0.0))) + 2
     # Edge padding first, so every source pixel exists: this is the "nearest" fill.
     padded = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    offset = centre + pad - matrix @ centre
+    offset = centre + pad + shift - matrix @ centre
     (a, b), (d, e) = matrix
     data = (a, b, offset[0], d, e, offset[1])
     image = Image.fromarray(padded).transform((width, height), Image.Transform.AFFINE, data, RESAMPLE)
@@ -59,18 +76,64 @@ def random_affine(
     return hflip(out) if do_flip else out
 
 
+def random_framing(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random resized crop (CROP_AREA of the area, CROP_ASPECT) turned by up to ROTATE_DEG, at full size.
+
+    One affine resample does both, so the photo is interpolated once; corners that the rotation brings
+    in from outside the photo get the edge fill, as in random_affine.
+    """
+    height, width = arr.shape[:2]
+    area = rng.uniform(*CROP_AREA)
+    aspect = math.exp(rng.uniform(math.log(CROP_ASPECT[0]), math.log(CROP_ASPECT[1])))
+    scale_x = min(math.sqrt(area * aspect), 1.0)  # crop width / image width
+    scale_y = min(math.sqrt(area / aspect), 1.0)
+    shift = (
+        rng.uniform(-1.0, 1.0) * (1.0 - scale_x) * width / 2.0,  # anywhere the crop still fits
+        rng.uniform(-1.0, 1.0) * (1.0 - scale_y) * height / 2.0,
+    )
+    angle = math.radians(rng.uniform(-ROTATE_DEG, ROTATE_DEG))
+    rotate = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return _affine(arr, rotate @ np.diag([scale_x, scale_y]), shift)
+
+
+def jitter_colour(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Random brightness, contrast, saturation and per-channel gain (white balance), clipped to uint8."""
+    x = arr.astype(np.float32)
+    x *= rng.uniform(1.0 - WHITE_BALANCE, 1.0 + WHITE_BALANCE, size=3).astype(np.float32)
+    x *= np.float32(rng.uniform(1.0 - BRIGHTNESS, 1.0 + BRIGHTNESS))
+    luma = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as Pillow's "L"
+    mean = np.float32((x @ luma).mean())
+    x = mean + (x - mean) * np.float32(rng.uniform(1.0 - CONTRAST, 1.0 + CONTRAST))
+    grey = x @ luma  # saturation mixes each pixel with its own grey, after the contrast change
+    x = grey[..., None] + (x - grey[..., None]) * np.float32(rng.uniform(1.0 - SATURATION, 1.0 + SATURATION))
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def random_photo(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Another person's photo of the same garment, roughly: framing, colour, and a 50% mirror."""
+    do_flip = rng.random() < 0.5
+    out = jitter_colour(random_framing(arr, rng), rng)
+    return hflip(out) if do_flip else out
+
+
 def make_view(
     arr: np.ndarray,
     view: int,
     rng: np.random.Generator,
     shear_deg: float = SHEAR_DEG,
     zoom: float = ZOOM,
+    style: str = "affine",
 ) -> np.ndarray:
-    """View ``view`` of one image: 0 = itself, 1 = its mirror, 2.. = random_affine draws from ``rng``."""
+    """View ``view`` of one image: 0 = itself, 1 = its mirror, 2.. = random draws from ``rng`` in
+    ``style`` (random_affine or random_photo)."""
     if view == 0:
         return arr
     if view == 1:
         return hflip(arr)
+    if style == "photo":
+        return random_photo(arr, rng)
+    if style != "affine":
+        raise ValueError(f"view style must be one of {VIEW_STYLES}, got {style!r}")
     return random_affine(arr, rng, shear_deg=shear_deg, zoom=zoom)
 
 

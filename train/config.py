@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES, check_resize_mode
-from train.augment import SHEAR_DEG, ZOOM
+from train.augment import SHEAR_DEG, VIEW_STYLES, ZOOM
 from train.data import MAX_UNREADABLE_FRACTION
 
 # Weights value meaning "random init" (tests, and runs without the ImageNet file).
@@ -77,7 +77,13 @@ class TrainConfig:
     )
     pooled_blocks: str = option("11,12,13,14", "Xception blocks (2-14) whose pooled outputs are concatenated")
     standardize: bool = option(True, "scale each feature to zero mean, unit variance (inside the head)")
-    train_views: int = option(1, "views per image: 1 = the image, 2 = + h-flip, 3.. = + shear/zoom/flip")
+    train_views: int = option(1, "views per image: 1 = the image, 2 = + h-flip, 3.. = + random views")
+    view_style: str = option(
+        "affine",
+        "random views (3rd on): affine = shear/zoom/flip, photo = crop, rotation, colour, flip "
+        "(photo also redraws every --fine-tune epoch)",
+        choices=VIEW_STYLES,
+    )
     epochs: int = option(60, "head epochs on cached features (cheap: seconds each)")
     batch_size: int = option(32, "head training batch size")
     learning_rate: float = option(1e-3, "Adam learning rate")
@@ -127,6 +133,8 @@ class TrainConfig:
             raise ValueError(f"train_views must be at least 1, got {self.train_views}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.view_style not in VIEW_STYLES:
+            raise ValueError(f"view_style must be one of {VIEW_STYLES}, got {self.view_style!r}")
         if self.feature_backend not in FEATURE_BACKENDS:
             raise ValueError(
                 f"feature_backend must be one of {FEATURE_BACKENDS}, got {self.feature_backend!r}"

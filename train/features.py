@@ -58,10 +58,14 @@ def block_output(base: keras.Model, block: int):
     return adds[block - FIRST_RESIDUAL_BLOCK].output
 
 
-def build_extractor(image_size: int, weights: str, blocks: tuple[int, ...] = (LAST_BLOCK,)) -> keras.Model:
+def build_extractor(
+    image_size: int, weights: str, blocks: tuple[int, ...] = (LAST_BLOCK,), map_block: int | None = None
+) -> keras.Model:
     """float32 NHWC pixels 0-255 -> x/127.5 - 1 -> frozen Xception (inference mode) -> pooled features.
 
-    The features are the global average of each block output in ``blocks``, concatenated in block order.
+    The features are the global average of each block output in ``blocks``, concatenated in block order;
+    with ``map_block`` the whole output map of that block follows them, flattened (``train.study_block14``
+    caches block 13's map to train block 14 without running the base again).
     """
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
     scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_xception")(inputs)
@@ -74,16 +78,19 @@ def build_extractor(image_size: int, weights: str, blocks: tuple[int, ...] = (LA
         hint = " (no internet? pass --weights PATH to a local .weights.h5)" if source == "imagenet" else ""
         raise WeightsError(f"Could not load Xception weights {weights!r}{hint}: {exc}") from exc
     base.trainable = False
-    if tuple(blocks) != (LAST_BLOCK,):
+    outputs = list(blocks) + ([map_block] if map_block is not None else [])
+    if outputs != [LAST_BLOCK]:
         # One nested model with one output per block: every output comes from the same forward pass.
-        base = keras.Model(base.input, [block_output(base, b) for b in blocks], name="xception_blocks")
+        base = keras.Model(base.input, [block_output(base, b) for b in outputs], name="xception_blocks")
         base.trainable = False
     # training=False keeps BatchNormalization in inference mode even if the base is unfrozen later.
     maps = base(scaled, training=False)
     maps = maps if isinstance(maps, list) else [maps]
     pooled = [
-        layers.GlobalAveragePooling2D(name=f"pool_block{b}")(m) for b, m in zip(blocks, maps, strict=True)
+        layers.GlobalAveragePooling2D(name=f"pool_block{b}")(m) for b, m in zip(blocks, maps, strict=False)
     ]
+    if map_block is not None:
+        pooled.append(layers.Flatten(name=f"map_block{map_block}")(maps[-1]))
     features = pooled[0] if len(pooled) == 1 else layers.Concatenate(name="features")(pooled)
     return keras.Model(inputs, features, name="extractor")
 

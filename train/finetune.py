@@ -20,16 +20,30 @@ import keras
 import numpy as np
 from keras import layers
 
+from train.augment import random_photo
 from train.config import TrainConfig
 
 
 class Batches(keras.utils.PyDataset):
     """uint8 images -> float32 batches made one at a time: a float copy of all of train at 352 px would
-    take 4.5 GB. With a ``seed`` the order is reshuffled every epoch (training); without, kept (scoring)."""
+    take 4.5 GB. With a ``seed`` the order is reshuffled every epoch (training); without, kept (scoring).
+    With ``photo_views`` (and a seed) every image is a new ``random_photo`` draw each time it is served:
+    the augmentation that cached features can only give as one fixed view."""
 
-    def __init__(self, images, labels, num_classes: int, batch_size: int, seed: int | None = None):
+    def __init__(
+        self,
+        images,
+        labels,
+        num_classes: int,
+        batch_size: int,
+        seed: int | None = None,
+        photo_views: bool = False,
+    ):
         super().__init__()
+        if photo_views and seed is None:
+            raise ValueError("photo views need a seed (they are for training batches)")
         self.images, self.batch_size, self.rng = images, batch_size, None
+        self.photo_views = photo_views
         self.targets = keras.utils.to_categorical(labels, num_classes)
         self.order = np.arange(len(images))
         if seed is not None:
@@ -41,7 +55,10 @@ class Batches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        return self.images[rows].astype(np.float32), self.targets[rows]
+        images = self.images[rows]
+        if self.photo_views:
+            images = np.stack([random_photo(image, self.rng) for image in images])
+        return images.astype(np.float32), self.targets[rows]
 
     def on_epoch_end(self) -> None:
         if self.rng is not None:
@@ -100,7 +117,9 @@ def fine_tune(
     )
     keep = KeepBest()
     history = model.fit(
-        Batches(*train, num_classes, config.batch_size, seed=config.seed),
+        Batches(
+            *train, num_classes, config.batch_size, seed=config.seed, photo_views=config.view_style == "photo"
+        ),
         validation_data=Batches(*validation, num_classes, config.batch_size),
         epochs=config.fine_tune_epochs,
         callbacks=[keep],

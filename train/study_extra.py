@@ -55,8 +55,17 @@ def grouped_folds(groups: list[str], folds: int) -> list[np.ndarray]:
     return [np.asarray(sorted(m), dtype=np.int64) for m in members]
 
 
-def fit_predict(config: TrainConfig, x: np.ndarray, y: np.ndarray, num_classes: int, epochs: int, scored):
-    """Train the configured head for ``epochs`` on (x, y); return its probabilities for each of ``scored``."""
+def fit_predict(
+    config: TrainConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    epochs: int,
+    scored,
+    sample_weight: np.ndarray | None = None,
+):
+    """Train the configured head for ``epochs`` on (x, y) (rows weighted by ``sample_weight``, if given);
+    return its probabilities for each of ``scored``."""
     import keras
 
     from lambda_function.classifier import softmax
@@ -65,8 +74,25 @@ def fit_predict(config: TrainConfig, x: np.ndarray, y: np.ndarray, num_classes: 
     set_seeds(config.seed)
     head = compiled_head(config, x, num_classes)
     targets = keras.utils.to_categorical(y, num_classes)
-    head.fit(x, targets, batch_size=config.batch_size, epochs=epochs, shuffle=True, verbose=0)
+    head.fit(
+        x,
+        targets,
+        sample_weight=sample_weight,
+        batch_size=config.batch_size,
+        epochs=epochs,
+        shuffle=True,
+        verbose=0,
+    )
     return [softmax(np.asarray(head.predict(s, verbose=0))) for s in scored]
+
+
+def run_record(module: str, argv: list[str] | None) -> dict:
+    """How a study was run: its command line and UTC start time (the head of its results JSON)."""
+    args = argv if argv is not None else sys.argv[1:]
+    return {
+        "command": f"python -m {module} " + " ".join(args),
+        "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 def mean_of(runs: list[dict], key: str) -> float | None:
@@ -273,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {
-        "command": "python -m train.study_extra " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **run_record("train.study_extra", argv),
         "folds": args.folds,
         "epochs": args.epochs,
         "image_size": args.image_size,

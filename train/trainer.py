@@ -139,6 +139,8 @@ class FeatureStore:
         }
         if view >= 2:  # random views also depend on the seed and the augmentation ranges
             parts.update(seed=cfg.seed, shear_deg=cfg.shear_deg, zoom=cfg.zoom)
+            if cfg.view_style != "affine":  # only then: affine caches written before styles stay valid
+                parts.update(view_style=cfg.view_style)
         if cfg.resize != DEFAULT_RESIZE:  # only then: caches written before resize modes stay valid
             parts.update(resize=cfg.resize)
         return cache_key(**parts)
@@ -160,7 +162,14 @@ class FeatureStore:
             rng = view_rng(self.config.seed, view)
             images = np.stack(
                 [
-                    make_view(img, view, rng, shear_deg=self.config.shear_deg, zoom=self.config.zoom)
+                    make_view(
+                        img,
+                        view,
+                        rng,
+                        shear_deg=self.config.shear_deg,
+                        zoom=self.config.zoom,
+                        style=self.config.view_style,
+                    )
                     for img in tqdm(images, desc=f"augment {split} view {view}", unit="img")
                 ]
             )

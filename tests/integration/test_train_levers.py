@@ -59,12 +59,14 @@ def test_letterbox_extra_photos_and_fine_tune_end_to_end(folders, tmp_path, caps
         "1",
         "--max-unreadable-fraction",
         "0",
+        "--view-style",
+        "photo",  # with one view per photo it only changes the fine-tuning batches: a new draw each
     ]
     assert main(argv) == 0
     log = capsys.readouterr().out
     assert "extra training photos: 8" in log and "fine-tuning blocks 13,14 on 20 images" in log
     config = json.loads((out / "config.json").read_text())["config"]
-    assert (config["resize"], config["fine_tune"]) == ("letterbox", True)
+    assert (config["resize"], config["fine_tune"], config["view_style"]) == ("letterbox", True, "photo")
     assert config["extra_dir"] == str(extra)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["extra_training_images"] == 8 and metrics["num_images"] == 6
@@ -188,3 +190,74 @@ def test_first_per_class_is_the_smaller_limit():
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
     assert first_per_class(labels, 2).tolist() == [0, 1, 3, 4, 5, 6]
     assert first_per_class(labels, 9).tolist() == list(range(9))
+
+
+def test_photo_views_are_cached_apart_from_affine_views(folders, tmp_path, capsys):
+    data, _ = folders
+    cache = tmp_path / "cache"
+    common = ["--feature-backend", "keras", "--train-views", "3", "--cache-dir", str(cache)]
+    assert main(_argv(data, tmp_path / "photo", *common, "--view-style", "photo")) == 0
+    assert "features: 0 reused from cache, 5 computed" in capsys.readouterr().out
+    config = json.loads((tmp_path / "photo" / "config.json").read_text())["config"]
+    assert (config["view_style"], config["train_views"]) == ("photo", 3)
+    # The same run with the seed's affine views: the image and its mirror are reused, view 2 is not.
+    assert main(_argv(data, tmp_path / "affine", *common)) == 0
+    assert "features: 4 reused from cache, 1 computed" in capsys.readouterr().out
+    assert len(list(cache.glob("features-train-v2-*.npz"))) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it: the field's choices
+        main(_argv(data, tmp_path / "bad", *common, "--view-style", "cartoon"))
+    assert exit_info.value.code == 2
+
+
+def test_block14_study_heads_weights_and_fine_tuning(folders, tmp_path):
+    from train import study_block14
+
+    data, extra = folders
+    argv = [
+        "--data-dir", str(data), "--extra-dir", str(extra), "--weights", "none",
+        "--image-size", str(SIZE), "--feature-backend", "keras", "--output-dir", str(tmp_path),
+        "--seeds", "42,43", "--epochs", "1", "--photo-view", "--extra-weights", "0,2", "--folds", "2",
+        "--fine-tune-epochs", "1",
+    ]  # fmt: skip
+    assert study_block14.main(argv) == 0
+    record = json.loads((tmp_path / study_block14.RESULTS_FILE).read_text())
+    names = [row["heads"] for row in record["heads"]]
+    assert names == ["11,12,13,14", "13,14", "11,12,13,14 + photo view", "13,14 + photo view"]
+    for row in record["heads"]:
+        assert len(row["seeds"]) == 2 and 0.0 <= row["extra"] <= 1.0 and 0.0 <= row["validation"] <= 1.0
+        assert row["extra_range"][0] <= row["extra"] <= row["extra_range"][1]
+    assert [row["extra_weight"] for row in record["weighted_extra_cv"]] == [0.0, 2.0]
+    tuned = record["fine_tune"]
+    assert [row["epoch"] for row in tuned["epochs"]] == [0, 1]
+    # Block 14's convolutions moved; its BatchNorm (weights and moving statistics) did not.
+    assert tuned["block14_max_weight_change"] > 0 and tuned["batchnorm_max_change"] == 0.0
+    assert (tmp_path / study_block14.PLOT_FILE).stat().st_size > 0
+    cache = tmp_path / "cache" / "block13-maps"
+    assert len(list(cache.glob("features-train-v2-*.npz"))) == 1  # the photo view
+    assert not list(cache.glob("features-test-*"))  # the test split is never read
+
+
+def test_block14_study_columns_follow_the_block_layout():
+    from train.study_block14 import columns
+
+    widths = {11: 2, 12: 2, 13: 3, 14: 4}
+    assert columns((13, 14), widths).tolist() == [4, 5, 6, 7, 8, 9, 10]
+    assert columns((11, 14), widths).tolist() == [0, 1, 7, 8, 9, 10]
+
+
+def test_fine_tuning_batches_redraw_photo_views_every_time():
+    from train.finetune import Batches
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(6) % 2
+    plain = Batches(images, labels, 2, batch_size=3, seed=1)
+    photo = Batches(images, labels, 2, batch_size=3, seed=1, photo_views=True)
+    x0, y0 = plain[0]
+    a, ya = photo[0]
+    b, _ = photo[0]
+    assert np.array_equal(ya, y0)  # the same rows and labels, in the same order
+    assert not np.array_equal(a, x0) and not np.array_equal(a, b)  # a new draw each time it is served
+    assert a.dtype == np.float32 and a.shape == x0.shape and 0 <= a.min() and a.max() <= 255
+    with pytest.raises(ValueError, match="need a seed"):
+        Batches(images, labels, 2, batch_size=3, photo_views=True)

@@ -166,6 +166,41 @@ def test_random_affine_deterministic_and_changes_image():
     assert not np.array_equal(a, arr)
 
 
+def test_random_framing_crops_inside_and_turns():
+    arr = _gradient(60, 60)
+    rng = augment.view_rng(3, 2)
+    outs = [augment.random_framing(arr, rng) for _ in range(20)]
+    assert all(o.shape == arr.shape and o.dtype == np.uint8 for o in outs)
+    # A crop of at least half the area, shown at full size: never the identity, never a blank image.
+    assert all(not np.array_equal(o, arr) and o.std() > 1 for o in outs)
+    # The gradient grows left to right: a crop shows a narrower range of it than the whole image.
+    ranges = [int(o[30, :, 0].max()) - int(o[30, :, 0].min()) for o in outs]
+    full = int(arr[30, :, 0].max()) - int(arr[30, :, 0].min())
+    assert min(ranges) < full
+
+
+def test_jitter_colour_keeps_grey_grey_and_changes_colour():
+    grey = np.full((8, 8, 3), 100, np.uint8)
+    rng = augment.view_rng(5, 2)
+    draws = [augment.jitter_colour(grey, rng) for _ in range(20)]
+    assert all(d.dtype == np.uint8 and d.shape == grey.shape for d in draws)
+    assert len({int(d.mean()) for d in draws}) > 5  # brightness and white balance vary
+    # White balance tints a grey by at most WHITE_BALANCE: the channels stay within ~8% of each other.
+    spread = max(int(d[0, 0].max()) - int(d[0, 0].min()) for d in draws)
+    bound = 100 * 2 * augment.WHITE_BALANCE * (1 + augment.BRIGHTNESS) * (1 + augment.CONTRAST)
+    assert 0 < spread <= bound * (1 + augment.SATURATION) + 1
+
+
+def test_photo_view_is_seeded_and_differs_from_affine_view():
+    arr = _gradient(40, 40)
+    a = augment.make_view(arr, 2, augment.view_rng(7, 2), style="photo")
+    b = augment.make_view(arr, 2, augment.view_rng(7, 2), style="photo")
+    c = augment.make_view(arr, 2, augment.view_rng(7, 2), style="affine")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    with pytest.raises(ValueError, match="view style"):
+        augment.make_view(arr, 2, augment.view_rng(7, 2), style="cartoon")
+
+
 def test_make_views():
     arr = _gradient()
     views = augment.make_views(arr, 4, augment.view_rng(1, 2))

@@ -1,0 +1,422 @@
+"""``python -m train.study_block14``: the accuracy levers a CPU can afford, on photos the heads never saw.
+
+Blocks 1-13 of the frozen base are a fixed function of the photo (BatchNorm in inference mode), so one
+forward pass per photo caches the pooled outputs of blocks 11 and 12 and the whole output map of block
+13, the input of block 14. From that cache, without running the base again:
+
+- heads on any of blocks 11-14 (block 13 pooled from its map, block 14 run on it), over several seeds,
+  optionally with one "photo" view of train (``train.augment.random_photo``) in the training rows;
+- optionally, contributor-grouped CV on the extra photos with the other folds' photos in training at
+  several sample weights;
+- block 14 itself fine-tuned (its BatchNorm frozen) after the head, scored epoch by epoch: fine-tuning
+  on 2 CPU cores, since block 14 costs about a sixth of a forward pass.
+
+Heads train on train only, for a fixed number of epochs, so every extra photo is held out and scored
+(grouped CV aside); validation is scored too; the test split is never read. Docs: docs/accuracy.md.
+
+    python -m train.study_block14 --data-dir DIR --extra-dir EXTRA --weights PATH [--photo-view]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lambda_function.preprocess import RESIZE_MODES
+from train.config import FEATURE_BACKENDS, TrainConfig, parse_blocks
+
+POOLED_BLOCKS = (11, 12)  # pooled at extraction
+MAP_BLOCK = 13  # cached whole; block 14 runs on it
+HEAD_EPOCHS = 30  # as train.study_extra: fixed, no head picks its epoch on what it is scored on
+FOLDS = 5
+OUTPUT_DIR = Path("artifacts/study_block14")
+RESULTS_FILE = "study_block14.json"
+PLOT_FILE = "study_block14.png"
+PHOTO_VIEW = 2  # the first random view index: views 0 and 1 are the photo and its mirror
+
+
+@dataclass
+class Split:
+    pooled: np.ndarray  # (N, widths of POOLED_BLOCKS) float32
+    maps: np.ndarray  # (N, h, w, c) float16: block 13's output, half the memory of float32
+    labels: np.ndarray
+
+    def features(self, tail, batch: int = 64) -> np.ndarray:
+        """Pooled blocks 11-14 (block 14 through ``tail``'s current weights), float32 (N, total width)."""
+        parts = [
+            np.asarray(tail([self.maps[i : i + batch].astype(np.float32), self.pooled[i : i + batch]]))
+            for i in range(0, len(self.labels), batch)
+        ]
+        return np.concatenate(parts)
+
+
+def block14_layers(image_size: int, weights: str) -> list:
+    """Block 14's layers with ``weights`` (the extractor's file): the extractor stops at block 13."""
+    import keras
+
+    from train.features import keras_weights_arg
+
+    base = keras.applications.Xception(
+        include_top=False, weights=keras_weights_arg(weights), input_shape=(image_size, image_size, 3)
+    )
+    base.trainable = False
+    return [layer for layer in base.layers if layer.name.startswith("block14_")]
+
+
+def build_tail(layers14: list, channels: int, pooled_width: int):
+    """[block 13 map, pooled blocks 11-12] -> pooled blocks 11, 12, 13, 14, sharing block 14's layers."""
+    import keras
+    from keras import layers
+
+    maps = keras.Input((None, None, channels), name="block13_map")
+    pooled = keras.Input((pooled_width,), name="pooled_11_12")
+    x = maps
+    for layer in layers14:  # block 14 is a plain chain: sepconv, BN, relu, sepconv, BN, relu
+        x = layer(x)
+    features = layers.Concatenate(name="blocks_11_14")(
+        [pooled, layers.GlobalAveragePooling2D()(maps), layers.GlobalAveragePooling2D()(x)]
+    )
+    return keras.Model([maps, pooled], features, name="block14_tail")
+
+
+def columns(blocks: tuple[int, ...], widths: dict[int, int]) -> np.ndarray:
+    """Column indices of ``blocks`` in the [11, 12, 13, 14] feature layout."""
+    starts, at = {}, 0
+    for block in (*POOLED_BLOCKS, MAP_BLOCK, MAP_BLOCK + 1):
+        starts[block], at = at, at + widths[block]
+    return np.concatenate([np.arange(starts[b], starts[b] + widths[b]) for b in blocks])
+
+
+def hit_rates(probs: np.ndarray, labels: np.ndarray, kids: np.ndarray) -> dict:
+    hits = probs.argmax(axis=1) == labels
+    return {
+        "extra": float(hits.mean()),
+        "kids": float(hits[kids].mean()) if kids.any() else None,
+        "adults": float(hits[~kids].mean()) if (~kids).any() else None,
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if r[key] is not None and key != "seed"]
+        if values:
+            out[key] = float(np.mean(values))
+    extra = [r["extra"] for r in runs]
+    return {**out, "extra_range": [min(extra), max(extra)], "seeds": runs}
+
+
+def head_sweep(config, sets, seeds, train_x, train_y, val, extra, kids, epochs, num_classes) -> list[dict]:
+    from train.study_extra import accuracy, fit_predict
+
+    rows = []
+    for name, cols in sets:
+        runs = []
+        for seed in seeds:
+            seeded = dataclasses.replace(config, seed=seed)
+            val_p, extra_p = fit_predict(
+                seeded, train_x[:, cols], train_y, num_classes, epochs, [val[0][:, cols], extra[0][:, cols]]
+            )
+            runs.append(
+                {"seed": seed, **hit_rates(extra_p, extra[1], kids), "validation": accuracy(val_p, val[1])}
+            )
+        rows.append({"heads": name, **summarise(runs)})
+        r = rows[-1]
+        print(
+            f"[{name}] extra {r['extra']:.4f} (range {r['extra_range'][0]:.4f}-{r['extra_range'][1]:.4f}), "
+            f"validation {r['validation']:.4f}, {len(seeds)} seeds",
+            flush=True,
+        )
+    return rows
+
+
+def weighted_extra_cv(
+    config, folds, cols, weights, seeds, train_x, train_y, extra, kids, groups, epochs, num_classes
+):
+    """Grouped CV on the extra photos with the other folds' photos in training at each sample weight."""
+    from train.study_extra import grouped_folds
+
+    rows = []
+    for weight in weights:
+        runs = []
+        for seed in seeds:
+            seeded = dataclasses.replace(config, seed=seed)
+            probs = np.zeros((len(extra[1]), num_classes))
+            # Weight 0 trains every fold's head on train alone: one head scores all the photos.
+            for held in grouped_folds(groups, folds) if weight > 0 else [np.arange(len(extra[1]))]:
+                others = np.setdiff1d(np.arange(len(extra[1])), held)
+                x, y, w = train_x[:, cols], train_y, None
+                if weight > 0:
+                    x = np.concatenate([x, extra[0][others][:, cols]])
+                    y = np.concatenate([y, extra[1][others]])
+                    w = np.concatenate([np.ones(len(train_y)), np.full(len(others), weight)])
+                from train.study_extra import fit_predict
+
+                (probs[held],) = fit_predict(seeded, x, y, num_classes, epochs, [extra[0][held][:, cols]], w)
+            runs.append({"seed": seed, **hit_rates(probs, extra[1], kids)})
+        rows.append({"extra_weight": weight, **summarise(runs)})
+        print(f"[grouped CV, extra photos at weight {weight}] extra {rows[-1]['extra']:.4f}", flush=True)
+    return rows
+
+
+class MapBatches:
+    """Shuffled ([block 13 maps as float32, pooled], one-hot) batches: float32 maps of all of train would
+    take twice the cache's memory."""
+
+    def __init__(self, data: Split, num_classes: int, batch_size: int, seed: int):
+        import keras
+
+        self.data, self.batch_size = data, batch_size
+        self.targets = keras.utils.to_categorical(data.labels, num_classes)
+        self.rng = np.random.default_rng(seed)
+
+    def epoch(self):
+        order = self.rng.permutation(len(self.data.labels))
+        for start in range(0, len(order), self.batch_size):
+            rows = np.sort(order[start : start + self.batch_size])
+            yield [self.data.maps[rows].astype(np.float32), self.data.pooled[rows]], self.targets[rows]
+
+
+def fine_tune_block14(
+    config, tail, layers14, train, val, extra, kids, epochs, learning_rate, head_epochs, num_classes
+):
+    """Head on frozen features, then block 14 trained with it; validation and extra photos every epoch."""
+    import keras
+    from keras import layers
+
+    from lambda_function.classifier import softmax
+    from train.study_extra import accuracy
+    from train.trainer import compiled_head, set_seeds
+
+    set_seeds(config.seed)
+    frozen = train.features(tail)
+    head = compiled_head(config, frozen, num_classes)
+    head.fit(frozen, keras.utils.to_categorical(train.labels, num_classes), batch_size=config.batch_size,
+             epochs=head_epochs, shuffle=True, verbose=0)  # fmt: skip
+    model = keras.Model(tail.inputs, head(tail.output), name="block14_and_head")
+
+    def score(epoch: int, loss: float | None) -> dict:
+        val_p = softmax(np.asarray(model.predict([val.maps.astype(np.float32), val.pooled], verbose=0)))
+        extra_p = softmax(np.asarray(model.predict([extra.maps.astype(np.float32), extra.pooled], verbose=0)))
+        row = {"epoch": epoch, "train_loss": loss, **hit_rates(extra_p, extra.labels, kids)}
+        row["validation"] = accuracy(val_p, val.labels)
+        print(f"[fine-tune block 14] epoch {epoch}: {json.dumps(row)}", flush=True)
+        return row
+
+    before = [np.asarray(v).copy() for v in _weights(layers14, convolutions=False)]
+    history = [score(0, None)]
+    for layer in layers14:  # BatchNorm stays frozen: batches of 32 would replace ImageNet's statistics
+        layer.trainable = bool(layer.weights) and not isinstance(layer, layers.BatchNormalization)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    moved_from = [np.asarray(v).copy() for v in _weights(layers14, convolutions=True)]
+    batches = MapBatches(train, num_classes, config.batch_size, config.seed)
+    for epoch in range(1, epochs + 1):
+        losses = [float(model.train_on_batch(x, y)) for x, y in batches.epoch()]
+        history.append(score(epoch, float(np.mean(losses))))
+    return {
+        "epochs": history,
+        # What moved: block 14's convolutions must, its BatchNorm (weights and statistics) must not.
+        "block14_max_weight_change": _max_change(_weights(layers14, convolutions=True), moved_from),
+        "batchnorm_max_change": _max_change(_weights(layers14, convolutions=False), before),
+    }
+
+
+def _weights(layers14: list, convolutions: bool) -> list:
+    """Block 14's convolution kernels (``convolutions``) or its BatchNorm weights and statistics."""
+    from keras import layers
+
+    return [
+        v
+        for layer in layers14
+        if isinstance(layer, layers.BatchNormalization) != convolutions
+        for v in layer.weights
+    ]
+
+
+def _max_change(now: list, then: list[np.ndarray]) -> float:
+    return max(float(np.abs(np.asarray(v) - w).max()) for v, w in zip(now, then, strict=True))
+
+
+def load_cache(config: TrainConfig, extra_dir: Path, extractor, photo_view: bool):
+    """The cached splits (train, its photo view or None, validation, extra) and the extra photos' table."""
+    from train.data import discover, discover_folder, read_image_table
+    from train.trainer import EXTRA_SPLIT, FeatureStore
+
+    dataset = discover(config.data_dir, config.limit_per_class)
+    dataset.splits[EXTRA_SPLIT] = discover_folder(extra_dir, dataset.class_names, EXTRA_SPLIT)
+    store = FeatureStore(config, dataset, extractor)
+    map_shape = tuple(int(d) for d in extractor.get_layer("xception_blocks").output[-1].shape[1:])
+    pooled_width = store.dim - int(np.prod(map_shape))
+
+    def split(name: str, view: int = 0) -> tuple[Split, np.ndarray]:
+        flat, kept, _ = store.get(name, view)
+        maps = flat[:, pooled_width:].reshape((-1, *map_shape)).astype(np.float16)
+        return Split(flat[:, :pooled_width].copy(), maps, dataset.splits[name].labels[kept]), kept
+
+    extra, kept = split(EXTRA_SPLIT)  # first: the figure that matters, and the cheapest to compute
+    val, _ = split("validation")
+    train, _ = split("train")
+    photo = split("train", PHOTO_VIEW)[0] if photo_view else None
+    table = read_image_table(extra_dir)
+    paths = dataset.splits[EXTRA_SPLIT].paths
+    rows = [table.get(paths[i].stem, {}) for i in kept]
+    groups = [r.get("sender_id", paths[i].stem) for r, i in zip(rows, kept, strict=True)]
+    kids = np.asarray([r.get("kids", "") == "True" for r in rows])
+    return train, photo, val, extra, groups, kids, len(dataset.class_names)
+
+
+def plot(record: dict, path: Path) -> None:
+    from train.evaluate import _pyplot
+
+    plt = _pyplot()
+    heads, tuned = record["heads"], record.get("fine_tune")
+    fig, axes = plt.subplots(1, 2 if tuned else 1, figsize=(12 if tuned else 7, 4), squeeze=False)
+    ax = axes[0][0]
+    x = np.arange(len(heads))
+    extra = np.array([h["extra"] for h in heads])
+    low, high = (np.array([h["extra_range"][i] for h in heads]) for i in (0, 1))
+    ax.bar(x - 0.2, extra, width=0.4, yerr=[extra - low, high - extra], capsize=3,
+           label="extra photos (mean, range over seeds)")  # fmt: skip
+    ax.bar(x + 0.2, [h["validation"] for h in heads], width=0.4, label="validation")
+    ax.set_xticks(x, [h["heads"].replace(" + ", "\n+ ") for h in heads], fontsize=8)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Frozen-feature heads (train split only)")
+    ax.legend(loc="lower right", fontsize=8)
+    if tuned:
+        ax = axes[0][1]
+        epochs = [row["epoch"] for row in tuned["epochs"]]
+        for key, label in (("extra", "extra photos"), ("validation", "validation")):
+            ax.plot(epochs, [row[key] for row in tuned["epochs"]], marker="o", label=label)
+        ax.set_xlabel("fine-tuning epoch (0 = head only)")
+        ax.set_ylim(0.5, 1.0)
+        ax.set_title("Block 14 fine-tuned on cached block 13 maps")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_sets(text: str) -> list[tuple[int, ...]]:
+    sets = [parse_blocks(part, "heads") for part in text.split(";") if part.strip()]
+    if not sets or any(b < POOLED_BLOCKS[0] for blocks in sets for b in blocks):
+        raise ValueError(f"heads must be ';'-separated sets of blocks 11-14, got {text!r}")
+    return sets
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.study_block14", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, required=True, help="holds train/ and validation/")
+    parser.add_argument("--extra-dir", type=Path, required=True, help="LABEL/IMAGE folder with images.csv")
+    parser.add_argument("--weights", default="imagenet", help="'imagenet', a .weights.h5 path or 'none'")
+    parser.add_argument("--output-dir", type=Path, default=OUTPUT_DIR, help="results JSON, PNG and cache")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default OUTPUT/cache)")
+    parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
+    parser.add_argument("--resize", choices=RESIZE_MODES, default=TrainConfig.resize)
+    parser.add_argument("--feature-backend", choices=FEATURE_BACKENDS, default=TrainConfig.feature_backend)
+    parser.add_argument("--limit-per-class", type=int, default=None, help="train images per class")
+    parser.add_argument("--heads", default="11,12,13,14;13,14", help="';'-separated block sets (11-14)")
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated head seeds")
+    parser.add_argument("--epochs", type=int, default=HEAD_EPOCHS, help="head epochs per fit")
+    parser.add_argument("--photo-view", action="store_true", help="also heads with one photo view of train")
+    parser.add_argument(
+        "--extra-weights", default="", help="grouped CV with the other folds' extra photos at these weights"
+    )
+    parser.add_argument(
+        "--folds", type=int, default=FOLDS, help="contributor-grouped folds (--extra-weights)"
+    )
+    parser.add_argument("--fine-tune-epochs", type=int, default=5, help="block 14 epochs (0: skip)")
+    parser.add_argument("--fine-tune-learning-rate", type=float, default=3e-5)
+    args = parser.parse_args(argv)
+    try:
+        sets = parse_sets(args.heads)
+        seeds = tuple(int(part) for part in args.seeds.split(",") if part.strip())
+        weights = [float(part) for part in args.extra_weights.split(",") if part.strip()]
+        if not seeds:
+            raise ValueError("name at least one seed")
+        if weights and args.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {args.folds}")
+        cache = (args.cache_dir or args.output_dir / "cache") / "block13-maps"  # never a training cache
+        config = TrainConfig(
+            data_dir=args.data_dir,
+            output_dir=args.output_dir,
+            weights=args.weights,
+            image_size=args.image_size,
+            resize=args.resize,
+            pooled_blocks=",".join(map(str, POOLED_BLOCKS)),
+            view_style="photo",
+            feature_backend=args.feature_backend,
+            limit_per_class=args.limit_per_class,
+            cache_dir=cache,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from train.data import DataError
+    from train.features import WeightsError, build_extractor
+    from train.study_extra import run_record
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        **run_record("train.study_block14", argv),
+        "image_size": args.image_size,
+        "resize": args.resize,
+        "seeds": list(seeds),
+        "head_epochs": args.epochs,
+    }
+    try:
+        extractor = build_extractor(args.image_size, args.weights, POOLED_BLOCKS, map_block=MAP_BLOCK)
+        train, photo, val, extra, groups, kids, num_classes = load_cache(
+            config, args.extra_dir, extractor, args.photo_view
+        )
+    except (DataError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    layers14 = block14_layers(args.image_size, args.weights)
+    tail = build_tail(layers14, train.maps.shape[-1], train.pooled.shape[1])
+    # Blocks 11 and 12 (Xception's middle flow) have the same width; block 14's is what the tail adds.
+    half, channels = train.pooled.shape[1] // 2, train.maps.shape[-1]
+    widths = {11: half, 12: half, 13: channels, 14: int(tail.output.shape[-1]) - 2 * half - channels}
+    features = {
+        name: s.features(tail) for name, s in (("train", train), ("validation", val), ("extra", extra))
+    }
+    val_xy, extra_xy = (features["validation"], val.labels), (features["extra"], extra.labels)
+    candidates = [(",".join(map(str, b)), columns(b, widths)) for b in sets]
+    record["heads"] = head_sweep(
+        config, candidates, seeds, features["train"], train.labels, val_xy, extra_xy, kids, args.epochs,
+        num_classes,
+    )  # fmt: skip
+    if photo is not None:
+        both_x = np.concatenate([features["train"], photo.features(tail)])
+        both_y = np.concatenate([train.labels, photo.labels])
+        record["heads"] += head_sweep(
+            config, [(f"{n} + photo view", c) for n, c in candidates], seeds, both_x, both_y, val_xy,
+            extra_xy, kids, args.epochs, num_classes,
+        )  # fmt: skip
+    if weights:
+        record["weighted_extra_cv"] = weighted_extra_cv(
+            config, args.folds, candidates[0][1], weights, seeds, features["train"], train.labels,
+            extra_xy, kids, groups, args.epochs, num_classes,
+        )  # fmt: skip
+    if args.fine_tune_epochs > 0:
+        record["fine_tune"] = fine_tune_block14(
+            config, tail, layers14, train, val, extra, kids, args.fine_tune_epochs,
+            args.fine_tune_learning_rate, args.epochs, num_classes,
+        )  # fmt: skip
+    (args.output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    plot(record, args.output_dir / PLOT_FILE)
+    print(f"written {args.output_dir / RESULTS_FILE} and {PLOT_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
