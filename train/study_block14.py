@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fine-tune-epochs", type=int, default=5, help="block 14 epochs (0: skip)")
     parser.add_argument("--fine-tune-learning-rate", type=float, default=3e-5)
+    parser.add_argument(
+        "--fine-tune-seed", type=int, default=42, help="seed of the head fine-tuned with block 14"
+    )
     args = parser.parse_args(argv)
     try:
         sets = parse_sets(args.heads)
@@ -408,10 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             extra_xy, kids, groups, args.epochs, num_classes,
         )  # fmt: skip
     if args.fine_tune_epochs > 0:
+        seeded = dataclasses.replace(config, seed=args.fine_tune_seed)
         record["fine_tune"] = fine_tune_block14(
-            config, tail, layers14, train, val, extra, kids, args.fine_tune_epochs,
+            seeded, tail, layers14, train, val, extra, kids, args.fine_tune_epochs,
             args.fine_tune_learning_rate, args.epochs, num_classes,
         )  # fmt: skip
+        record["fine_tune"]["seed"] = args.fine_tune_seed
     (args.output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     plot(record, args.output_dir / PLOT_FILE)
     print(f"written {args.output_dir / RESULTS_FILE} and {PLOT_FILE}")

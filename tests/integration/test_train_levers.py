@@ -217,7 +217,7 @@ def test_block14_study_heads_weights_and_fine_tuning(folders, tmp_path):
         "--data-dir", str(data), "--extra-dir", str(extra), "--weights", "none",
         "--image-size", str(SIZE), "--feature-backend", "keras", "--output-dir", str(tmp_path),
         "--seeds", "42,43", "--epochs", "1", "--photo-view", "--extra-weights", "0,2", "--folds", "2",
-        "--fine-tune-epochs", "1",
+        "--fine-tune-epochs", "1", "--fine-tune-seed", "7",
     ]  # fmt: skip
     assert study_block14.main(argv) == 0
     record = json.loads((tmp_path / study_block14.RESULTS_FILE).read_text())
@@ -228,7 +228,7 @@ def test_block14_study_heads_weights_and_fine_tuning(folders, tmp_path):
         assert row["extra_range"][0] <= row["extra"] <= row["extra_range"][1]
     assert [row["extra_weight"] for row in record["weighted_extra_cv"]] == [0.0, 2.0]
     tuned = record["fine_tune"]
-    assert [row["epoch"] for row in tuned["epochs"]] == [0, 1]
+    assert [row["epoch"] for row in tuned["epochs"]] == [0, 1] and tuned["seed"] == 7
     # Block 14's convolutions moved; its BatchNorm (weights and moving statistics) did not.
     assert tuned["block14_max_weight_change"] > 0 and tuned["batchnorm_max_change"] == 0.0
     assert (tmp_path / study_block14.PLOT_FILE).stat().st_size > 0
