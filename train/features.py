@@ -87,7 +87,8 @@ def build_extractor(
     maps = base(scaled, training=False)
     maps = maps if isinstance(maps, list) else [maps]
     pooled = [
-        layers.GlobalAveragePooling2D(name=f"pool_block{b}")(m) for b, m in zip(blocks, maps, strict=False)
+        layers.GlobalAveragePooling2D(name=f"pool_block{b}")(m)
+        for b, m in zip(blocks, maps[: len(blocks)], strict=True)
     ]
     if map_block is not None:
         pooled.append(layers.Flatten(name=f"map_block{map_block}")(maps[-1]))

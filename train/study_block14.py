@@ -103,13 +103,12 @@ def hit_rates(probs: np.ndarray, labels: np.ndarray, kids: np.ndarray) -> dict:
 
 
 def summarise(runs: list[dict]) -> dict:
-    out = {}
-    for key in runs[0]:
-        values = [r[key] for r in runs if r[key] is not None and key != "seed"]
-        if values:
-            out[key] = float(np.mean(values))
+    """The mean over seeds of every figure in ``runs``, the extra photos' range, and the runs themselves."""
+    from train.study_extra import mean_of
+
     extra = [r["extra"] for r in runs]
-    return {**out, "extra_range": [min(extra), max(extra)], "seeds": runs}
+    means = {key: mean_of(runs, key) for key in runs[0] if key != "seed"}
+    return {**means, "extra_range": [min(extra), max(extra)], "seeds": runs}
 
 
 def head_sweep(config, sets, seeds, train_x, train_y, val, extra, kids, epochs, num_classes) -> list[dict]:
@@ -140,7 +139,7 @@ def weighted_extra_cv(
     config, folds, cols, weights, seeds, train_x, train_y, extra, kids, groups, epochs, num_classes
 ):
     """Grouped CV on the extra photos with the other folds' photos in training at each sample weight."""
-    from train.study_extra import grouped_folds
+    from train.study_extra import fit_predict, grouped_folds
 
     rows = []
     for weight in weights:
@@ -156,8 +155,6 @@ def weighted_extra_cv(
                     x = np.concatenate([x, extra[0][others][:, cols]])
                     y = np.concatenate([y, extra[1][others]])
                     w = np.concatenate([np.ones(len(train_y)), np.full(len(others), weight)])
-                from train.study_extra import fit_predict
-
                 (probs[held],) = fit_predict(seeded, x, y, num_classes, epochs, [extra[0][held][:, cols]], w)
             runs.append({"seed": seed, **hit_rates(probs, extra[1], kids)})
         rows.append({"extra_weight": weight, **summarise(runs)})
@@ -184,9 +181,10 @@ class MapBatches:
 
 
 def fine_tune_block14(
-    config, tail, layers14, train, val, extra, kids, epochs, learning_rate, head_epochs, num_classes
+    config, tail, layers14, train, frozen, val, extra, kids, epochs, learning_rate, head_epochs, num_classes
 ):
-    """Head on frozen features, then block 14 trained with it; validation and extra photos every epoch."""
+    """Head on ``frozen`` (train's features before block 14 moves), then block 14 trained with it;
+    validation and extra photos scored every epoch."""
     import keras
     from keras import layers
 
@@ -195,7 +193,6 @@ def fine_tune_block14(
     from train.trainer import compiled_head, set_seeds
 
     set_seeds(config.seed)
-    frozen = train.features(tail)
     head = compiled_head(config, frozen, num_classes)
     head.fit(frozen, keras.utils.to_categorical(train.labels, num_classes), batch_size=config.batch_size,
              epochs=head_epochs, shuffle=True, verbose=0)  # fmt: skip
@@ -248,7 +245,8 @@ def _max_change(now: list, then: list[np.ndarray]) -> float:
 
 def load_cache(config: TrainConfig, extra_dir: Path, extractor, photo_view: bool):
     """The cached splits (train, its photo view or None, validation, extra) and the extra photos' table."""
-    from train.data import discover, discover_folder, read_image_table
+    from train.data import discover, discover_folder
+    from train.study_extra import contributors_and_kids
     from train.trainer import EXTRA_SPLIT, FeatureStore
 
     dataset = discover(config.data_dir, config.limit_per_class)
@@ -266,11 +264,7 @@ def load_cache(config: TrainConfig, extra_dir: Path, extractor, photo_view: bool
     val, _ = split("validation")
     train, _ = split("train")
     photo = split("train", PHOTO_VIEW)[0] if photo_view else None
-    table = read_image_table(extra_dir)
-    paths = dataset.splits[EXTRA_SPLIT].paths
-    rows = [table.get(paths[i].stem, {}) for i in kept]
-    groups = [r.get("sender_id", paths[i].stem) for r, i in zip(rows, kept, strict=True)]
-    kids = np.asarray([r.get("kids", "") == "True" for r in rows])
+    groups, kids = contributors_and_kids(extra_dir, dataset.splits[EXTRA_SPLIT].paths, kept)
     return train, photo, val, extra, groups, kids, len(dataset.class_names)
 
 
@@ -413,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fine_tune_epochs > 0:
         seeded = dataclasses.replace(config, seed=args.fine_tune_seed)
         record["fine_tune"] = fine_tune_block14(
-            seeded, tail, layers14, train, val, extra, kids, args.fine_tune_epochs,
+            seeded, tail, layers14, train, features["train"], val, extra, kids, args.fine_tune_epochs,
             args.fine_tune_learning_rate, args.epochs, num_classes,
         )  # fmt: skip
         record["fine_tune"]["seed"] = args.fine_tune_seed

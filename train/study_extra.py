@@ -95,6 +95,19 @@ def run_record(module: str, argv: list[str] | None) -> dict:
     }
 
 
+def contributors_and_kids(
+    extra_dir: Path, paths: list[Path], kept: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """For the ``kept`` photos of an extra folder: each one's contributor (``sender_id`` in its images.csv;
+    the photo itself when unknown, so it forms a group of one) and whether it is kids' clothing."""
+    from train.data import read_image_table
+
+    table = read_image_table(extra_dir)
+    rows = [table.get(paths[i].stem, {}) for i in kept]
+    groups = [r.get("sender_id", paths[i].stem) for r, i in zip(rows, kept, strict=True)]
+    return groups, np.asarray([r.get("kids", "") == "True" for r in rows])
+
+
 def mean_of(runs: list[dict], key: str) -> float | None:
     values = [run[key] for run in runs if run[key] is not None]
     return float(np.mean(values)) if values else None
@@ -131,7 +144,7 @@ def study_mode(
     seeds: tuple[int, ...] = (42,),
 ) -> dict:
     """Features for one resize mode, then the figures without and with the extra photos."""
-    from train.data import discover, discover_folder, read_image_table
+    from train.data import discover, discover_folder
     from train.trainer import EXTRA_SPLIT, FeatureStore
 
     started = time.perf_counter()
@@ -154,10 +167,7 @@ def study_mode(
 
     extra = dataset.splits[EXTRA_SPLIT]
     extra_labels = extra.labels[kept]
-    table = read_image_table(extra_dir)
-    rows = [table.get(extra.paths[i].stem, {}) for i in kept]
-    groups = [r.get("sender_id", extra.paths[i].stem) for r, i in zip(rows, kept, strict=True)]
-    kids = np.asarray([r.get("kids", "") == "True" for r in rows])
+    groups, kids = contributors_and_kids(extra_dir, extra.paths, kept)
     num_classes = len(dataset.class_names)
     base_x = np.concatenate([train.features, val.features])
     base_y = np.concatenate([train.labels, val.labels])
