@@ -166,7 +166,7 @@ def _gif_parts(data: bytes, limit: int) -> int:
 # Bytes per pixel of Pillow's storage for each mode: multi-band 8-bit modes take 4 bytes a pixel.
 _MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 # Extra full-size copies a decoder makes on top of the image it fills, measured with
-# scripts/bench_bombs.py's per-format cases (peak RSS growth / pixels, rounded up): Pillow's WebP
+# bench/bombs.py's per-format cases (peak RSS growth / pixels, rounded up): Pillow's WebP
 # plugin holds libwebp's canvas, libwebp's previous-frame copy and the frame as a Python bytes object.
 _DECODER_COPIES = {"WEBP": 3}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.loopback import LoopbackServer, QuietHandler
+from local.loopback import LoopbackServer, QuietHandler
 
 # Re-exported: some test modules import these names from here (tests.fixtures.* is their home).
 from tests.fixtures.images import BLUE, GREEN, RED, WHITE, encode, raw_png, solid  # noqa: F401

@@ -1,5 +1,5 @@
 """Training's expected failures: each is something the user can fix, so the CLIs (``python -m train``,
-``train.evaluate``, ``train.choose_blocks``) print its one-line message and exit 2, without a traceback.
+``train.evaluate``, ``studies.choose_blocks``) print its one-line message and exit 2, without a traceback.
 Anything else is a bug and keeps its traceback. Pure Python: importing this loads nothing heavy.
 """
 

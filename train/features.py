@@ -64,7 +64,7 @@ def build_extractor(
     """float32 NHWC pixels 0-255 -> x/127.5 - 1 -> frozen Xception (inference mode) -> pooled features.
 
     The features are the global average of each block output in ``blocks``, concatenated in block order;
-    with ``map_block`` the whole output map of that block follows them, flattened (``train.study_block14``
+    with ``map_block`` the whole output map of that block follows them, flattened (``studies.block14``
     caches block 13's map to train block 14 without running the base again).
     """
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")

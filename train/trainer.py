@@ -229,7 +229,7 @@ class KeepBest(keras.callbacks.Callback):
 def compiled_head(config: TrainConfig, features: np.ndarray, num_classes: int) -> keras.Model:
     """The configured head, standardized on ``features`` (the rows it will train on), compiled.
 
-    Shared by training and ``train.choose_blocks`` so cross-validation scores the head that trains.
+    Shared by training and ``studies.choose_blocks`` so cross-validation scores the head that trains.
     """
     head = build_head(
         features.shape[1],

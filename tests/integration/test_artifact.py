@@ -1,6 +1,6 @@
 """The deployment artifact serves requests with nothing but what it ships.
 
-``scripts/build_artifact.py --platform local`` builds the same layout ``sam build`` does (for this
+``deploy/build_artifact.py --platform local`` builds the same layout ``sam build`` does (for this
 interpreter), then a fresh ``python -I -S`` (no site-packages: TensorFlow is physically absent) imports
 the handler from the artifact and classifies images fetched from a loopback HTTP server.
 """
@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import BLUE, GREEN, TINY_LABELS, solid
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO / "scripts" / "build_artifact.py"
+BUILD_SCRIPT = REPO / "deploy" / "build_artifact.py"
 BUNDLED_MODEL = REPO / "lambda_function" / "model" / "model.tflite"
 SAMPLE_PHOTO = REPO / "samples" / "pants.jpg"
 # Same budget as build_artifact.SIZE_BUDGET_BYTES (Lambda's own limit is 250 MB unzipped).

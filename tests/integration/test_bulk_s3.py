@@ -388,7 +388,7 @@ def test_the_next_url_request_still_works(bulk_app, s3, buckets):
 
 
 def test_classify_bucket_locally_runs_every_batch(bulk_app, s3, buckets, capsys):
-    from scripts.classify_bucket import main
+    from deploy.classify_bucket import main
 
     for i, colour in enumerate((RED, GREEN, BLUE, RED, GREEN)):
         put(s3, buckets.input, f"shop/{i}.png", solid(colour))
@@ -402,7 +402,7 @@ def test_classify_bucket_locally_runs_every_batch(bulk_app, s3, buckets, capsys)
 def test_classify_bucket_starts_the_state_machine(s3, s3_endpoint, monkeypatch, capsys):
     # moto's Step Functions stores the execution (it does not run a Distributed Map): this checks what
     # the script sends, which is all it does against a deployed stack.
-    from scripts.classify_bucket import main
+    from deploy.classify_bucket import main
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_SFN", s3_endpoint["AWS_ENDPOINT_URL_S3"])
     sfn = boto3.client("stepfunctions")

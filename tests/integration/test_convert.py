@@ -334,9 +334,9 @@ def test_int8_options_keep_the_logits_layer_in_float(keras_model_path, data_dir,
 
 def test_layer_statistics_rank_layers_by_quantization_error(converted, keras_model_path, data_dir, tmp_path):
     from convert.data import calibration_batches, load_split
-    from convert.int8_debug import layer_statistics
     from convert.savedmodel import export_saved_model
     from convert.tflite import calibrate
+    from studies.int8_debug import layer_statistics
 
     saved = export_saved_model(load_keras_model(keras_model_path), tmp_path / "sm")
     images = load_split(data_dir, "train", LABELS, SIZE, 6)

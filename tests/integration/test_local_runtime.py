@@ -1,6 +1,6 @@
 """The built artifact under AWS's runtime interface client (awslambdaric) and a loopback Runtime API.
 
-What Lambda gives the function is reproduced by scripts/local_runtime.py: template.yaml's handler string
+What Lambda gives the function is reproduced by local/lambda_runtime.py: template.yaml's handler string
 and environment, the AWS_LAMBDA_* variables, a read-only task root, only /tmp writable, no HOME. Every
 event in events/ goes through it, its URLs pointed at a loopback server holding samples/, and is served
 by the bundled model.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.local_runtime import LocalLambda, SampleServer, can_use_mount_namespace, read_function_config
+from local.lambda_runtime import LocalLambda, SampleServer, can_use_mount_namespace, read_function_config
 from tests.fixtures.emf import parse_emf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def artifact(tmp_path_factory) -> Path:
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "build_artifact.py"),
+            str(REPO / "deploy" / "build_artifact.py"),
             "--platform",
             "local",
             "--out",

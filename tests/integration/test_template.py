@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.cfn_yaml import load_cfn
 from lambda_function.bulk import RetryLater
 from lambda_function.events import (
     BATCH,
@@ -32,7 +33,6 @@ from lambda_function.events import (
     parse_bulk_event,
     parse_event,
 )
-from scripts.cfn_yaml import load_cfn
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
@@ -313,7 +313,7 @@ def test_outputs_name_the_function_and_url():
 def test_makefile_builds_for_the_template_runtime_and_chosen_arch():
     runtime = load_template()["Resources"][FUNCTION_ID]["Properties"]["Runtime"]
     default = make_dry_run()
-    assert "scripts/build_artifact.py" in default and "--platform lambda" in default
+    assert "deploy/build_artifact.py" in default and "--platform lambda" in default
     assert f"--python-version {runtime.removeprefix('python')}" in default
     assert "--arch x86_64" in default and '--out "/nonexistent/artifacts"' in default
     assert "--arch arm64" in make_dry_run(ARCH="arm64")

@@ -166,7 +166,7 @@ def test_litert_backend_with_random_views(data_dir, tmp_path):
 
 
 def test_choose_blocks_cross_validates_suffixes_without_the_test_split(data_dir, tmp_path, capsys):
-    from train import choose_blocks
+    from studies import choose_blocks
 
     argv = [
         "--data-dir", str(data_dir), "--weights", "none", "--image-size", str(SIZE),
@@ -184,7 +184,7 @@ def test_choose_blocks_cross_validates_suffixes_without_the_test_split(data_dir,
 
 
 def test_stratified_folds_partition_every_class():
-    from train.choose_blocks import block_columns, stratified_folds
+    from studies.choose_blocks import block_columns, stratified_folds
 
     labels = np.array([0] * 6 + [1] * 4 + [2] * 5)
     folds = stratified_folds(labels, 3, seed=0)

@@ -149,7 +149,7 @@ def test_fine_tune_options_are_checked_before_any_work(capsys, tmp_path):
 
 
 def test_study_extra_groups_folds_by_contributor(folders, tmp_path):
-    from train import study_extra
+    from studies import extra as study_extra
 
     data, extra = folders
     argv = [
@@ -172,7 +172,7 @@ def test_study_extra_groups_folds_by_contributor(folders, tmp_path):
 
 
 def test_grouped_folds_never_split_a_contributor():
-    from train.study_extra import grouped_folds
+    from studies.extra import grouped_folds
 
     groups = ["a"] * 5 + ["b"] * 3 + ["c"] * 3 + ["d"] * 1 + ["e"] * 2
     folds = grouped_folds(groups, 3)
@@ -185,7 +185,7 @@ def test_grouped_folds_never_split_a_contributor():
 
 
 def test_first_per_class_is_the_smaller_limit():
-    from train.study_extra import first_per_class
+    from studies.extra import first_per_class
 
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2])
     assert first_per_class(labels, 2).tolist() == [0, 1, 3, 4, 5, 6]
@@ -210,7 +210,7 @@ def test_photo_views_are_cached_apart_from_affine_views(folders, tmp_path, capsy
 
 
 def test_block14_study_heads_weights_and_fine_tuning(folders, tmp_path):
-    from train import study_block14
+    from studies import block14 as study_block14
 
     data, extra = folders
     argv = [
@@ -238,7 +238,7 @@ def test_block14_study_heads_weights_and_fine_tuning(folders, tmp_path):
 
 
 def test_block14_study_columns_follow_the_block_layout():
-    from train.study_block14 import columns
+    from studies.block14 import columns
 
     widths = {11: 2, 12: 2, 13: 3, 14: 4}
     assert columns((13, 14), widths).tolist() == [4, 5, 6, 7, 8, 9, 10]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import abi_gate, build_artifact
+from deploy import abi_gate, build_artifact
 from tests.fixtures.elf import EM_AARCH64, make_elf
 
 AT_BASELINE = {

@@ -25,7 +25,7 @@ from lambda_function import fetch as fetch_mod
 from lambda_function.errors import ServingError
 from lambda_function.fetch import FetchLimits, allowed_hosts_from_env, check_address, fetch
 from lambda_function.preprocess import preprocess
-from scripts import loopback
+from local import loopback
 
 LIMITS = FetchLimits(max_bytes=100_000, connect_timeout=2.0, read_timeout=2.0, total_timeout=4.0)
 # For stall and drip servers: small enough to keep the suite fast, large enough for loopback.

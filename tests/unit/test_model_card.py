@@ -1,4 +1,4 @@
-"""scripts/model_card.py: the card is generated from the sidecar, and the committed one is current."""
+"""bench/model_card.py: the card is generated from the sidecar, and the committed one is current."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.model_card import render
 from lambda_function.sidecar import read_sidecar
-from scripts.model_card import render
 from tests.fixtures.images import BLUE, GREEN, RED, solid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_runs_with_the_runtime_requirements_only(tiny_model_path, tiny_dataset, 
     blocked = ("tensorflow", "keras", "tqdm", "matplotlib", "onnxruntime")
     code = (
         f"import sys; sys.modules.update(dict.fromkeys({blocked!r}));"
-        "sys.path.insert(0, 'scripts'); import model_card;"
+        "sys.path.insert(0, 'bench'); import model_card;"
         f"sys.exit(model_card.main(['--data-dir', {str(tiny_dataset)!r}, '--model', {str(model)!r}]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -86,7 +86,7 @@ def test_runs_with_the_runtime_requirements_only(tiny_model_path, tiny_dataset, 
 
 def test_a_missing_test_split_is_one_line_and_exit_2(tiny_model_path, tmp_path):
     code = (
-        "import sys; sys.path.insert(0, 'scripts'); import model_card;"
+        "import sys; sys.path.insert(0, 'bench'); import model_card;"
         f"sys.exit(model_card.main(['--data-dir', {str(tmp_path)!r}, '--model', {str(tiny_model_path)!r}]))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

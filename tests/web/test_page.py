@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import web_page
+from local import web_page
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"

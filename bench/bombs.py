@@ -10,8 +10,8 @@ written and that the next ordinary request still answers 200.
 
 A script, not a test: the figures depend on the machine. ``make bench-bombs`` runs every case.
 
-    python scripts/bench_bombs.py --json build/bench_bombs.json
-    python scripts/bench_bombs.py --case jpeg_scans_10000 --case png16_7071
+    python bench/bombs.py --json build/bench_bombs.json
+    python bench/bombs.py --case jpeg_scans_10000 --case png16_7071
 """
 
 from __future__ import annotations

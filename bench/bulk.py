@@ -7,7 +7,7 @@ to S3. One batch at a time, like one Lambda instance. Loopback S3 is faster than
 (~10-30 ms per GET/PUT there), so the figure is an upper bound on what S3 latency allows; reads run
 ahead of the classifier (FETCH_WORKERS) precisely so that latency hides behind inference.
 
-    nice -n 10 python scripts/bench_bulk.py --data-dir ../shared/data/clothing-dataset-small --images 50
+    nice -n 10 python bench/bulk.py --data-dir ../shared/data/clothing-dataset-small --images 50
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
+    from deploy.classify_bucket import run_local
     from lambda_function import fetch
     from lambda_function.service import classify_bytes
-    from scripts.classify_bucket import run_local
     from tests.fixtures.moto_s3 import moto_s3_server, s3_env
 
     images = pick_images(args.data_dir / args.split, args.images)

@@ -1,6 +1,6 @@
 """The in-browser page in headless Chromium: model load time, time per photo, agreement with our CLI.
 
-    python -m scripts.bench_web --json build/web/bench.json --screenshot build/web/screenshot.png \\
+    python -m bench.web --json build/web/bench.json --screenshot build/web/screenshot.png \\
         [--data-dir ../shared/data/clothing-dataset-small --limit 40]
 
 Each framing of the page (``page``: resized in the page like training; ``mediapipe``: MediaPipe
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from convert.data import has_split, list_split, stratified_sample
 from lambda_function.classifier import Classifier
 from lambda_function.preprocess import preprocess
-from scripts import web_page
+from local import web_page
 
 REPO = web_page.REPO
 FRAMINGS = ("page", "mediapipe")

@@ -1,6 +1,6 @@
 """Why does int8 lose accuracy? Per-layer quantization error and a sweep of int8 settings.
 
-``python -m convert.int8_debug MODEL.keras --data-dir DIR --output-dir DIR`` calibrates once per
+``python -m studies.int8_debug MODEL.keras --data-dir DIR --output-dir DIR`` calibrates once per
 calibration set, then re-quantizes the calibrated model under each setting (cheap), and measures
 accuracy and top-1 agreement with Keras on the VALIDATION split (settings are never tuned on test),
 file size and single-image latency. Per-layer error comes from TFLite's QuantizationDebugger:
@@ -202,7 +202,7 @@ def _format_row(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m convert.int8_debug", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m studies.int8_debug", description=__doc__)
     parser.add_argument("model", type=Path)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--output-dir", type=Path, default=Path("artifacts/int8_debug"))

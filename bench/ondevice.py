@@ -1,6 +1,6 @@
 """MediaPipe's ImageClassifier on the on-device model against our CLI on a dataset split.
 
-    python scripts/eval_ondevice.py --ondevice web/model/model.tflite \\
+    python bench/ondevice.py --ondevice web/model/model.tflite \\
         --data-dir ../shared/data/clothing-dataset-small --split test --json build/ondevice_eval.json
 
 Our CLI (lambda_function: Pillow decode, bilinear resize with antialiasing to 352x352 ignoring the

@@ -1,6 +1,6 @@
 """Serve web/ on loopback and drive the page in a real browser: shared by make web, the test and the bench.
 
-    python -m scripts.web_page [--port 8000]      # what `make web` runs: serve web/ on 127.0.0.1
+    python -m local.web_page [--port 8000]      # what `make web` runs: serve web/ on 127.0.0.1
 
 The browser is the system's Chromium (Debian package ``chromium``) driven by Playwright: Playwright's
 own browser download is never used (``executable_path``), so nothing but the Debian package is needed.
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
-from scripts.loopback import LoopbackServer, QuietHandler
+from local.loopback import LoopbackServer, QuietHandler
 
 REPO = Path(__file__).resolve().parent.parent
 WEB_DIR = REPO / "web"

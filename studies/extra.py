@@ -1,4 +1,4 @@
-"""``python -m train.study_extra``: how well do heads generalise to other contributors' photos?
+"""``python -m studies.extra``: how well do heads generalise to other contributors' photos?
 
 For each resize mode, the frozen base's features of train (optionally ``--limit-per-class`` images per
 class), validation and the extra photos (image and mirror) are computed once and cached like training's.
@@ -12,7 +12,7 @@ Then, for a head trained without and with the extra photos:
 
 The test split is never read. Every head trains a fixed number of epochs: no fold picks its own epoch.
 
-    python -m train.study_extra --data-dir DIR --extra-dir EXTRA --weights PATH [--resize squash,letterbox]
+    python -m studies.extra --data-dir DIR --extra-dir EXTRA --weights PATH [--resize squash,letterbox]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from lambda_function.preprocess import RESIZE_MODES
 from train.config import FEATURE_BACKENDS, TrainConfig
 
 FOLDS = 5
-EPOCHS = 30  # as train.choose_blocks: fixed, so that no fold picks its epoch on the data it is scored on
+EPOCHS = 30  # as studies.choose_blocks: fixed, so that no fold picks its epoch on the data it is scored on
 OUTPUT_DIR = Path("artifacts/study_extra")
 RESULTS_FILE = "study_extra.json"
 PLOT_FILE = "study_extra.png"
@@ -250,7 +250,7 @@ def plot(results: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.study_extra", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.extra", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="holds train/ and validation/")
     parser.add_argument("--extra-dir", type=Path, required=True, help="LABEL/IMAGE folder with images.csv")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a .weights.h5 path or 'none'")
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {
-        **run_record("train.study_extra", argv),
+        **run_record("studies.extra", argv),
         "folds": args.folds,
         "epochs": args.epochs,
         "image_size": args.image_size,

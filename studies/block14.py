@@ -1,4 +1,4 @@
-"""``python -m train.study_block14``: the accuracy levers a CPU can afford, on photos the heads never saw.
+"""``python -m studies.block14``: the accuracy levers a CPU can afford, on photos the heads never saw.
 
 Blocks 1-13 of the frozen base are a fixed function of the photo (BatchNorm in inference mode), so one
 forward pass per photo caches the pooled outputs of blocks 11 and 12 and the whole output map of block
@@ -14,7 +14,7 @@ forward pass per photo caches the pooled outputs of blocks 11 and 12 and the who
 Heads train on train only, for a fixed number of epochs, so every extra photo is held out and scored
 (grouped CV aside); validation is scored too; the test split is never read. Docs: docs/accuracy.md.
 
-    python -m train.study_block14 --data-dir DIR --extra-dir EXTRA --weights PATH [--photo-view]
+    python -m studies.block14 --data-dir DIR --extra-dir EXTRA --weights PATH [--photo-view]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from train.config import FEATURE_BACKENDS, TrainConfig, parse_blocks
 
 POOLED_BLOCKS = (11, 12)  # pooled at extraction
 MAP_BLOCK = 13  # cached whole; block 14 runs on it
-HEAD_EPOCHS = 30  # as train.study_extra: fixed, no head picks its epoch on what it is scored on
+HEAD_EPOCHS = 30  # as studies.extra: fixed, no head picks its epoch on what it is scored on
 FOLDS = 5
 OUTPUT_DIR = Path("artifacts/study_block14")
 RESULTS_FILE = "study_block14.json"
@@ -104,7 +104,7 @@ def hit_rates(probs: np.ndarray, labels: np.ndarray, kids: np.ndarray) -> dict:
 
 def summarise(runs: list[dict]) -> dict:
     """The mean over seeds of every figure in ``runs``, the extra photos' range, and the runs themselves."""
-    from train.study_extra import mean_of
+    from studies.extra import mean_of
 
     extra = [r["extra"] for r in runs]
     means = {key: mean_of(runs, key) for key in runs[0] if key != "seed"}
@@ -112,7 +112,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def head_sweep(config, sets, seeds, train_x, train_y, val, extra, kids, epochs, num_classes) -> list[dict]:
-    from train.study_extra import accuracy, fit_predict
+    from studies.extra import accuracy, fit_predict
 
     rows = []
     for name, cols in sets:
@@ -139,7 +139,7 @@ def weighted_extra_cv(
     config, folds, cols, weights, seeds, train_x, train_y, extra, kids, groups, epochs, num_classes
 ):
     """Grouped CV on the extra photos with the other folds' photos in training at each sample weight."""
-    from train.study_extra import fit_predict, grouped_folds
+    from studies.extra import fit_predict, grouped_folds
 
     rows = []
     for weight in weights:
@@ -189,7 +189,7 @@ def fine_tune_block14(
     from keras import layers
 
     from lambda_function.classifier import softmax
-    from train.study_extra import accuracy
+    from studies.extra import accuracy
     from train.trainer import compiled_head, set_seeds
 
     set_seeds(config.seed)
@@ -245,8 +245,8 @@ def _max_change(now: list, then: list[np.ndarray]) -> float:
 
 def load_cache(config: TrainConfig, extra_dir: Path, extractor, photo_view: bool):
     """The cached splits (train, its photo view or None, validation, extra) and the extra photos' table."""
+    from studies.extra import contributors_and_kids
     from train.data import discover, discover_folder
-    from train.study_extra import contributors_and_kids
     from train.trainer import EXTRA_SPLIT, FeatureStore
 
     dataset = discover(config.data_dir, config.limit_per_class)
@@ -308,7 +308,7 @@ def parse_sets(text: str) -> list[tuple[int, ...]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.study_block14", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.block14", description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="holds train/ and validation/")
     parser.add_argument("--extra-dir", type=Path, required=True, help="LABEL/IMAGE folder with images.csv")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a .weights.h5 path or 'none'")
@@ -358,13 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from studies.extra import run_record
     from train.data import DataError
     from train.features import WeightsError, build_extractor
-    from train.study_extra import run_record
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {
-        **run_record("train.study_block14", argv),
+        **run_record("studies.block14", argv),
         "image_size": args.image_size,
         "resize": args.resize,
         "seeds": list(seeds),

@@ -17,7 +17,7 @@ The Runtime API endpoints served: ``GET /runtime/invocation/next``, ``POST
 /runtime/init/error`` (API version 2018-06-01). An init error is returned the way Lambda returns it to
 the caller (``{"errorType": "Runtime.ImportModuleError", ...}``, function error "Unhandled").
 
-    python scripts/local_runtime.py build/artifact events/function-url.json --samples samples
+    python -m local.lambda_runtime build/artifact events/function-url.json --samples samples
 
 ``--samples DIR`` serves DIR on a loopback HTTP server and points every URL in the event at the file
 whose name (or folder) the URL mentions, with FETCH_ALLOWED_HOSTS set to let the function fetch it.
@@ -47,14 +47,9 @@ from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
-try:  # run as a script (make invoke) or imported as scripts.local_runtime (tests)
-    import build_artifact
-    from cfn_yaml import load_cfn
-    from loopback import LoopbackServer, QuietHandler
-except ImportError:
-    from scripts import build_artifact
-    from scripts.cfn_yaml import load_cfn
-    from scripts.loopback import LoopbackServer, QuietHandler
+from deploy import build_artifact
+from deploy.cfn_yaml import load_cfn
+from local.loopback import LoopbackServer, QuietHandler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "template.yaml"

@@ -10,7 +10,7 @@ One code path for both users of it:
   their dependencies) from the running interpreter's environment instead of asking pip: no network
   in tests, and exactly the versions the tests ran against. ``--deps pip`` asks pip anyway.
 
-    python scripts/build_artifact.py --platform lambda --arch arm64 --out build/artifact
+    python deploy/build_artifact.py --platform lambda --arch arm64 --out build/artifact
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-try:  # run as a script (sam build, make) or imported as scripts.build_artifact (tests)
+try:  # run as a script (sam build, make) or imported as deploy.build_artifact (tests)
     import abi_gate
 except ImportError:
-    from scripts import abi_gate
+    from deploy import abi_gate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = REPO_ROOT / "lambda_function"
@@ -51,7 +51,7 @@ LAMBDA_PLATFORM_TAGS = {
 # Versions pip cannot choose by itself, per architecture (pip constraints). pip picks the newest wheel
 # whose platform tag fits, but the tag says only "glibc 2.27" while a library may need a newer
 # libstdc++ than Lambda's, and then its import fails on Lambda. Measured 2026-12-03 with
-# scripts/abi_gate.py on the cp312 manylinux_2_27_aarch64 wheels of ai-edge-litert:
+# deploy/abi_gate.py on the cp312 manylinux_2_27_aarch64 wheels of ai-edge-litert:
 #   2.1.1 ... 2.3.0  need GLIBCXX_3.4.30 (Amazon Linux 2023 has 3.4.29): fail the gate;
 #   2.1.0            needs GLIBCXX_3.4.26 / GLIBC_2.34 at most: passes, 24 MB;
 #   2.0.2, 2.0.3     pass, but one 291 MB library makes the artifact 395 MB (Lambda's limit: 250 MB).
@@ -277,7 +277,7 @@ def build_artifact(
     ``platform="lambda"`` cross-installs for the Lambda runtime ``python_version`` on ``arch``.
     ``deps`` is "pip" or "env" (copy from this environment; local only), default per platform.
     ``bytecode``: ship .pyc files; None = when this interpreter is the target Python (it compiles them).
-    ``gate``: check the libraries against the Lambda ABI baseline (scripts/abi_gate.py) and Lambda's
+    ``gate``: check the libraries against the Lambda ABI baseline (deploy/abi_gate.py) and Lambda's
     size limit; None = for ``platform="lambda"``. A failed gate raises BuildError.
     """
     local_version = f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -10,7 +10,7 @@ prints after the symbol names) in pure Python, so the check runs wherever the bu
 architecture, with no binutils. Only the version namespaces in the baseline are checked (GLIBC, GLIBCXX,
 CXXABI): those are the libraries the runtime provides and a wheel does not vendor.
 
-    python scripts/abi_gate.py build/artifact        # exit 1 and one line per problem
+    python deploy/abi_gate.py build/artifact        # exit 1 and one line per problem
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ LAMBDA_AL2023 = Baseline(
     name="AWS Lambda python3.12+ (Amazon Linux 2023: glibc 2.34, GLIBCXX_3.4.29, CXXABI_1.3.13)",
     newest={"GLIBC": (2, 34), "GLIBCXX": (3, 4, 29), "CXXABI": (1, 3, 13)},
     fix=(
-        "pin an older release of this wheel for the architecture (ARCH_PINS in scripts/build_artifact.py; "
+        "pin an older release of this wheel for the architecture (ARCH_PINS in deploy/build_artifact.py; "
         "docs/lambda-runtime.md lists the known-good versions), or use a wheel built for glibc 2.34 / gcc 11"
     ),
 )

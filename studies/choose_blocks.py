@@ -1,11 +1,11 @@
-"""``python -m train.choose_blocks``: which Xception blocks to pool, by k-fold CV on train + validation.
+"""``python -m studies.choose_blocks``: which Xception blocks to pool, by k-fold CV on train + validation.
 
 The test split is never read. Every candidate block is pooled in one extraction pass (cached like the
 training features, so a later run is quick); each candidate set is a suffix of the blocks (14; 13-14;
 12-14; ...), and the default head (standardize -> Dense(100) -> Dropout -> Dense(classes)) is trained
 for a fixed number of epochs on k-1 folds and scored on the held-out fold.
 
-    python -m train.choose_blocks --data-dir DIR --weights PATH [--candidates 8-14] [--folds 5]
+    python -m studies.choose_blocks --data-dir DIR --weights PATH [--candidates 8-14] [--folds 5]
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def choose(config: TrainConfig, folds: int = FOLDS, epochs: int = EPOCHS) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.choose_blocks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m studies.choose_blocks", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--data-dir", type=Path, required=True, help="holds train/ and validation/")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a .weights.h5 path or 'none'")
     parser.add_argument("--output-dir", type=Path, default=OUTPUT_DIR, help="results JSON and cache")

@@ -11,7 +11,7 @@ All in one run, on one model and one real photo served from a loopback HTTP serv
 
 A script, not a test: figures depend on the machine. ``make bench-serve`` runs it on the bundled model.
 
-    python scripts/bench_serve.py --model lambda_function/model/model.tflite --json bench.json
+    python bench/serve.py --model lambda_function/model/model.tflite --json bench.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
 from lambda_function.sidecar import read_sidecar  # noqa: E402
-from scripts.loopback import LoopbackServer, QuietHandler  # noqa: E402
+from local.loopback import LoopbackServer, QuietHandler  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "lambda_function" / "model" / "model.tflite"
 # A real CC0 photo from the dataset's test split (samples/README.md); else the first test image.
