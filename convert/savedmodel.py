@@ -11,10 +11,10 @@ from tqdm import tqdm
 
 from convert.errors import ModelLoadError
 from lambda_function.jsonfile import JSONFileError, labels_problem, read_json
-from lambda_function.preprocess import DEFAULT_RESIZE, check_resize_mode
+from train.config import trained_resize
+from train.errors import RunConfigError
 
 # Written by ``python -m train`` next to model.keras; its "config" holds the training options.
-TRAIN_CONFIG_FILE = "config.json"
 
 # Keras on the real Xception runs ~3 images/s on 2 cores; small batches keep memory flat.
 PREDICT_BATCH = 16
@@ -70,22 +70,11 @@ def load_labels(path: str | Path, expected: int | None = None) -> list[str]:
 
 
 def load_resize(model_path: str | Path) -> str:
-    """The resize mode the model was trained with: ``config.resize`` of the config.json that
-    ``python -m train`` writes next to model.keras; "squash" when there is none (models from before
-    resize modes, or trained elsewhere), since that is how such models were trained."""
-    path = Path(model_path).with_name(TRAIN_CONFIG_FILE)
-    if not path.is_file():
-        return DEFAULT_RESIZE
+    """The resize mode the model was trained with (``train.config.trained_resize``), as a conversion error."""
     try:
-        record = read_json(path, "Training config")
-    except JSONFileError as exc:
+        return trained_resize(model_path)
+    except RunConfigError as exc:
         raise ModelLoadError(str(exc)) from None
-    config = record.get("config") if isinstance(record, dict) else None
-    mode = config.get("resize", DEFAULT_RESIZE) if isinstance(config, dict) else DEFAULT_RESIZE
-    try:
-        return check_resize_mode(mode)
-    except ValueError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
 
 
 def export_saved_model(model, directory: str | Path) -> Path:

@@ -25,9 +25,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lambda_function.jsonfile import JSONFileError, read_json
 from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES, check_resize_mode
 from train.augment import SHEAR_DEG, VIEW_STYLES, ZOOM
 from train.data import MAX_UNREADABLE_FRACTION
+from train.errors import RunConfigError
+
+# Written by ``python -m train`` next to model.keras; its "config" holds the training options.
+CONFIG_FILE = "config.json"
 
 # Weights value meaning "random init" (tests, and runs without the ImageNet file).
 NO_WEIGHTS = "none"
@@ -179,3 +184,22 @@ class TrainConfig:
 def field_help() -> dict[str, str]:
     """{field name: its help}: the same text ``python -m train --help`` shows."""
     return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.init}
+
+
+def trained_resize(model_path: str | Path) -> str:
+    """The resize mode a model was trained with: ``config.resize`` of the config.json that
+    ``python -m train`` writes next to model.keras; "squash" when there is none (models from before
+    resize modes, or trained elsewhere), since that is how such models were trained."""
+    path = Path(model_path).with_name(CONFIG_FILE)
+    if not path.is_file():
+        return DEFAULT_RESIZE
+    try:
+        record = read_json(path, "Training config")
+    except JSONFileError as exc:
+        raise RunConfigError(str(exc)) from None
+    config = record.get("config") if isinstance(record, dict) else None
+    mode = config.get("resize", DEFAULT_RESIZE) if isinstance(config, dict) else DEFAULT_RESIZE
+    try:
+        return check_resize_mode(mode)
+    except ValueError as exc:
+        raise RunConfigError(f"{path}: {exc}") from None

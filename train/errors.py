@@ -20,3 +20,7 @@ class WeightsError(TrainError):
 
 class AssemblyError(TrainError):
     """The saved full model disagrees with head(cached features): the cache belongs to another extractor."""
+
+
+class RunConfigError(TrainError):
+    """A training run's config.json (next to its model.keras) is unreadable or names an unknown option."""

@@ -232,10 +232,9 @@ def evaluate_saved_model(
     import keras
     from tqdm import tqdm
 
-    from convert.errors import ModelLoadError
-    from convert.savedmodel import load_resize
+    from train.config import trained_resize
     from train.data import discover, discover_folder, load_split, read_image_table
-    from train.errors import DataError
+    from train.errors import DataError, RunConfigError
 
     model_path = Path(model_path)
     labels_path = model_path.with_name("labels.json")
@@ -251,8 +250,8 @@ def evaluate_saved_model(
     if problem:
         raise DataError(f"{labels_path}: {problem}.")
     try:
-        resize = load_resize(model_path)
-    except ModelLoadError as exc:
+        resize = trained_resize(model_path)
+    except RunConfigError as exc:
         raise DataError(str(exc)) from None
     table: dict = {}
     if images_dir is not None:

@@ -21,6 +21,7 @@ import numpy as np
 from keras import layers
 
 from train.augment import random_photo
+from train.callbacks import KeepBest  # the head's rule for "best epoch", shared
 from train.config import TrainConfig
 
 
@@ -107,8 +108,6 @@ def fine_tune(
 
     Returns the history (per-epoch lists), the kept epoch and the names of the unfrozen layers.
     """
-    from train.trainer import KeepBest  # the head's rule for "best epoch", shared
-
     opened = unfreeze(model, tuple(config.blocks_to_fine_tune))
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.fine_tune_learning_rate),

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from lambda_function.preprocess import DEFAULT_RESIZE
 from train import evaluate
 from train.augment import make_view, view_rng
-from train.config import TrainConfig
+from train.callbacks import KeepBest
+from train.config import CONFIG_FILE, TrainConfig
 from train.data import Dataset, Skipped, discover, discover_folder, load_split
 from train.errors import AssemblyError, DataError
 from train.features import (
@@ -45,7 +46,6 @@ from train.model import build_full_model, build_head
 ASSEMBLY_TOLERANCE = 1e-3
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 SKIPPED_FILE = "skipped_images.json"
 # The split name under which --extra-dir photos join the training data (and its feature cache files).
@@ -202,28 +202,6 @@ class FeatureStore:
             labels=np.tile(labels, views),
             paths=[data.paths[i] for i in kept],
         )
-
-
-class KeepBest(keras.callbacks.Callback):
-    """Remember the weights of the epoch with the best val accuracy (tie: lower val loss)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.best: tuple[float, float] | None = None
-        self.best_epoch = 0
-        self.best_weights: list[np.ndarray] | None = None
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        score = (float(logs["val_accuracy"]), float(logs["val_loss"]))
-        if (
-            self.best is None
-            or score[0] > self.best[0]
-            or (score[0] == self.best[0] and score[1] < self.best[1])
-        ):
-            self.best = score
-            self.best_epoch = epoch + 1
-            self.best_weights = self.model.get_weights()
 
 
 def compiled_head(config: TrainConfig, features: np.ndarray, num_classes: int) -> keras.Model:
