@@ -6,29 +6,35 @@ one Lambda ships (ai-edge-litert 2.1.6+ on aarch64 needs ``GLIBCXX_3.4.30``; Ama
 first import on Lambda ("version `GLIBCXX_3.4.30' not found"); this gate refuses to build it instead.
 
 It reads the symbol versions each ELF file needs (its ``SHT_GNU_verneed`` section, what ``objdump -T``
-prints after the symbol names) in pure Python, so the check runs wherever the build runs, for any
-architecture, with no binutils. Only the version namespaces in the baseline are checked (GLIBC, GLIBCXX,
-CXXABI): those are the libraries the runtime provides and a wheel does not vendor.
+prints after the symbol names) with pyelftools, the pure-Python ELF reader auditwheel is built on, so
+the check runs wherever the build runs, for any architecture, with no binutils. pyelftools is a
+build-time tool only: it never ships in the artifact. Only the version namespaces in the baseline are
+checked (GLIBC, GLIBCXX, CXXABI): those are the libraries the runtime provides and a wheel does not vendor.
 
-    python deploy/abi_gate.py build/artifact        # exit 1 and one line per problem
+    python -m deploy.abi_gate build/artifact        # exit 1 and one line per problem
 """
 
 from __future__ import annotations
 
 import argparse
-import mmap
+import io
 import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerNeedSection
 
 ELF_MAGIC = b"\x7fELF"
-SHT_DYNAMIC = 6
-SHT_GNU_VERNEED = 0x6FFFFFFE
-DT_NEEDED = 1
-DT_SONAME = 14
-# e_machine values we expect to meet (anything else is named by number).
-MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64"}
+# e_machine values we expect to meet (anything else is named by pyelftools' own constant).
+MACHINES = {"EM_386": "i386", "EM_X86_64": "x86_64", "EM_AARCH64": "aarch64"}
+# What pyelftools raises on a file that starts like ELF but is cut short or malformed.
+MALFORMED = (ELFError, ConstructError, struct.error, EOFError, ValueError, KeyError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -114,91 +120,37 @@ def is_elf(path: Path) -> bool:
 
 def read_elf(path: Path) -> ElfFile:
     """The needed libraries and symbol versions of an ELF file, from its section headers."""
+    # Read through the open file, section by section: ai-edge-litert's libraries reach 290 MB and only a
+    # few KB of each are looked at.
     with open(path, "rb") as handle:
-        if not handle.read(4):
-            raise NotElf("empty file")
-        # Mapped, not read: ai-edge-litert's libraries reach 290 MB and only a few KB are looked at.
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            return parse_elf(data)
+        return _parse(handle)
 
 
-def parse_elf(data: bytes | mmap.mmap) -> ElfFile:
-    if data[:4] != ELF_MAGIC or len(data) < 64:
+def parse_elf(data: bytes) -> ElfFile:
+    return _parse(io.BytesIO(data))
+
+
+def _parse(stream: BinaryIO) -> ElfFile:
+    if stream.read(4) != ELF_MAGIC:
         raise NotElf("not an ELF file")
-    is64 = {1: False, 2: True}.get(data[4])
-    order = {1: "<", 2: ">"}.get(data[5])
-    if is64 is None or order is None:
-        raise NotElf("unknown ELF class or byte order")
+    stream.seek(0)
     try:
-        return _parse(data, is64, order)
-    except (struct.error, IndexError, ValueError) as exc:
+        elf = ELFFile(stream)
+        needed, soname, versions = [], None, {}
+        for section in elf.iter_sections():
+            if isinstance(section, DynamicSection):
+                for tag in section.iter_tags():
+                    if tag.entry.d_tag == "DT_NEEDED":
+                        needed.append(tag.needed)
+                    elif tag.entry.d_tag == "DT_SONAME":
+                        soname = tag.soname
+            elif isinstance(section, GNUVerNeedSection):
+                for need, auxiliaries in section.iter_versions():
+                    versions[need.name] = tuple(aux.name for aux in auxiliaries)
+        machine = elf["e_machine"]
+    except MALFORMED as exc:
         raise NotElf(f"malformed ELF file: {exc}") from None
-
-
-def _parse(data: bytes | mmap.mmap, is64: bool, order: str) -> ElfFile:
-    if is64:
-        (machine,) = struct.unpack_from(order + "H", data, 18)
-        shoff, shentsize, shnum = (
-            struct.unpack_from(order + f, data, o)[0] for f, o in (("Q", 40), ("H", 58), ("H", 60))
-        )
-        section_format = order + "IIQQQQIIQQ"
-    else:
-        (machine,) = struct.unpack_from(order + "H", data, 18)
-        shoff, shentsize, shnum = (
-            struct.unpack_from(order + f, data, o)[0] for f, o in (("I", 32), ("H", 46), ("H", 48))
-        )
-        section_format = order + "IIIIIIIIII"
-    # (type, offset, size, link) for every section
-    sections = []
-    for i in range(shnum if shoff else 0):
-        fields = struct.unpack_from(section_format, data, shoff + i * shentsize)
-        sections.append((fields[1], fields[4], fields[5], fields[6]))
-
-    def string(table: int, offset: int) -> str:
-        start = sections[table][1] + offset
-        end = data.find(b"\0", start)
-        if end < 0:
-            raise NotElf("unterminated string")
-        return bytes(data[start:end]).decode("utf-8", "replace")
-
-    needed, soname, versions = [], None, {}
-    for kind, offset, size, link in sections:
-        if kind == SHT_DYNAMIC:
-            entry = struct.Struct(order + ("qQ" if is64 else "iI"))
-            for at in range(offset, offset + size, entry.size):
-                tag, value = entry.unpack_from(data, at)
-                if tag == 0:
-                    break
-                if tag == DT_NEEDED:
-                    needed.append(string(link, value))
-                elif tag == DT_SONAME:
-                    soname = string(link, value)
-        elif kind == SHT_GNU_VERNEED:
-            versions.update(_verneed(data, order, offset, size, lambda o, table=link: string(table, o)))
     return ElfFile(MACHINES.get(machine, str(machine)), soname, tuple(needed), versions)
-
-
-def _verneed(
-    data: bytes | mmap.mmap, order: str, offset: int, size: int, string
-) -> dict[str, tuple[str, ...]]:
-    """Elf_Verneed records (same layout in 32 and 64 bit): file -> the Elf_Vernaux version names."""
-    result: dict[str, tuple[str, ...]] = {}
-    at, end = offset, offset + size
-    while offset <= at < end:
-        _version, count, file_name, aux, next_need = struct.unpack_from(order + "HHIII", data, at)
-        names = []
-        aux_at = at + aux
-        for _ in range(count):
-            _hash, _flags, _other, name, next_aux = struct.unpack_from(order + "IHHII", data, aux_at)
-            names.append(string(name))
-            if not next_aux:
-                break
-            aux_at += next_aux
-        result[string(file_name)] = tuple(names)
-        if not next_need:
-            break
-        at += next_need
-    return result
 
 
 def check_file(path: Path, baseline: Baseline = LAMBDA_AL2023) -> list[Violation]:

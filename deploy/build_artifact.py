@@ -10,12 +10,13 @@ One code path for both users of it:
   their dependencies) from the running interpreter's environment instead of asking pip: no network
   in tests, and exactly the versions the tests ran against. ``--deps pip`` asks pip anyway.
 
-    python deploy/build_artifact.py --platform lambda --arch arm64 --out build/artifact
+    python -m deploy.build_artifact --platform lambda --arch arm64 --out build/artifact
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import compileall
 import fnmatch
 import py_compile
@@ -27,12 +28,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-try:  # run as a script (sam build, make) or imported as deploy.build_artifact (tests)
-    import abi_gate
-except ImportError:
-    from deploy import abi_gate
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tools the build itself needs and the artifact never ships (the ABI gate's ELF reader).
+BUILD_REQUIREMENTS = Path(__file__).resolve().with_name("build-requirements.txt")
 PACKAGE_DIR = REPO_ROOT / "lambda_function"
 DEFAULT_REQUIREMENTS = PACKAGE_DIR / "requirements.txt"
 DEFAULT_OUT = REPO_ROOT / "build" / "artifact"
@@ -325,9 +323,34 @@ def build_artifact(
     return Artifact(out, size, platform, python_version, arch, pruned, bytecode, checked)
 
 
+def load_abi_gate():
+    """deploy/abi_gate.py, with its build-time tool importable. ``sam build`` runs this script with the
+    target Python (python3.12), not a virtual environment of ours: where that Python lacks pyelftools,
+    pip installs BUILD_REQUIREMENTS into a scratch folder for this process only."""
+    try:
+        import elftools  # noqa: F401
+    except ImportError:
+        tools = Path(tempfile.mkdtemp(prefix="build-tools-"))
+        atexit.register(shutil.rmtree, tools, ignore_errors=True)
+        command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+        command += ["--quiet", "--target", str(tools), "--requirement", str(BUILD_REQUIREMENTS)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BuildError(
+                f"pip failed (exit {result.returncode}) installing the build tools {BUILD_REQUIREMENTS}:\n"
+                f"{result.stderr[-4000:]}"
+            ) from None
+        sys.path.append(str(tools))
+    try:  # run as a script (sam build, make) or imported as deploy.build_artifact (tests)
+        import abi_gate
+    except ImportError:
+        from deploy import abi_gate
+    return abi_gate
+
+
 def check_abi(root: Path) -> int:
     """Run the ABI gate on ``root``; return the number of ELF files checked, or raise BuildError."""
-    checked, violations = abi_gate.check_tree(root)
+    checked, violations = load_abi_gate().check_tree(root)
     if violations:
         lines = "\n".join(f"  {violation.message(root)}" for violation in violations)
         raise BuildError(
@@ -390,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({artifact.pruned_bytes / 1e6:.1f} MB pruned)"
     )
     if artifact.abi_checked is not None:
-        print(f"ABI gate: {artifact.abi_checked} ELF files load on {abi_gate.LAMBDA_AL2023.name}")
+        print(f"ABI gate: {artifact.abi_checked} ELF files load on {load_abi_gate().LAMBDA_AL2023.name}")
     if not artifact.bytecode:
         print(
             f"note: no bytecode shipped (built by Python {sys.version_info.major}.{sys.version_info.minor}); "
