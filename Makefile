@@ -56,7 +56,7 @@ $(DEV_VENV)/.installed: pyproject.toml lambda_function/requirements.txt
 
 # --- the two quickstart commands -----------------------------------------------------------------
 demo: $(RUNTIME_VENV)/.installed ## Classify samples/ through the Lambda handler (runtime deps only, no TensorFlow)
-	$(RUNTIME_PY) local/demo.py samples
+	$(RUNTIME_PY) -m local.demo samples
 
 test: $(DEV_VENV)/.installed $(SAM_VENV)/.installed ## Run the linter and the whole test suite
 	$(DEV_PY) -m ruff check .
@@ -86,7 +86,7 @@ convert: $(DEV_VENV)/.installed ## Export TFLite/ONNX variants, validate, report
 	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto
 
 model-card: $(RUNTIME_VENV)/.installed ## Measure the bundled model on DATA_DIR's test split -> lambda_function/model/MODEL_CARD.md
-	$(RUNTIME_PY) bench/model_card.py --data-dir $(DATA_DIR)
+	$(RUNTIME_PY) -m bench.model_card --data-dir $(DATA_DIR)
 
 build: $(SAM_VENV)/.installed ## sam build (makefile builder, no Docker) for ARCH -> .aws-sam/build
 	ARCH=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)
@@ -102,7 +102,7 @@ invoke: ## Run EVENT through the function: sam local invoke if Docker answers, e
 	fi
 
 invoke-local: $(DEV_VENV)/.installed ## EVENT through awslambdaric + a loopback Runtime API, read-only task root (no Docker)
-	$(DEV_PY) deploy/build_artifact.py --platform local --out build/artifact
+	$(DEV_PY) -m deploy.build_artifact --platform local --out build/artifact
 	$(DEV_PY) -m local.lambda_runtime build/artifact $(EVENT) $(if $(SAMPLES),--samples $(SAMPLES))
 
 deploy: ## sam deploy --guided
@@ -113,19 +113,19 @@ bench: $(DEV_VENV)/.installed ## Re-run every export + validation and print the 
 	cat $(EXPORT_DIR)/report.md
 
 bench-serve: $(DEV_VENV)/.installed ## Handler vs bare invoke latency, cold start, RSS: bundled model, local artifact
-	$(DEV_PY) deploy/build_artifact.py --platform local --out build/artifact
-	$(DEV_PY) bench/serve.py --model lambda_function/model/model.tflite --artifact build/artifact \
+	$(DEV_PY) -m deploy.build_artifact --platform local --out build/artifact
+	$(DEV_PY) -m bench.serve --model lambda_function/model/model.tflite --artifact build/artifact \
 		--requests 1000 --json build/bench_serve.json
 
 bench-bombs: $(DEV_VENV)/.installed ## Hostile inputs through the handler: worst decode CPU and peak RSS per bomb
-	$(DEV_PY) bench/bombs.py --json build/bench_bombs.json
+	$(DEV_PY) -m bench.bombs --json build/bench_bombs.json
 
 classify-bucket: $(DEV_VENV)/.installed ## Classify s3://BUCKET/PREFIX: start the stack's Distributed Map (LOCAL=1: here)
-	$(DEV_PY) deploy/classify_bucket.py --bucket "$(BUCKET)" --prefix "$(PREFIX)" --stack $(STACK_NAME) \
+	$(DEV_PY) -m deploy.classify_bucket --bucket "$(BUCKET)" --prefix "$(PREFIX)" --stack $(STACK_NAME) \
 		$(if $(LOCAL),--local)
 
 bench-bulk: $(DEV_VENV)/.installed ## Images/s of one instance on the bulk path: bundled model, 50 test photos, moto S3
-	nice -n 10 $(DEV_PY) bench/bulk.py --data-dir $(DATA_DIR) --images 50 --json build/bench_bulk.json
+	nice -n 10 $(DEV_PY) -m bench.bulk --data-dir $(DATA_DIR) --images 50 --json build/bench_bulk.json
 
 # --- on a device: MediaPipe-ready model, in-browser page (docs/on-device.md) ---------------------
 WEB_MODEL := web/model/model.tflite
@@ -156,7 +156,7 @@ bench-web: $(WEB_MODEL) web/node_modules/.installed $(DEV_VENV)/.installed-web #
 		--json build/web/bench.json --screenshot build/web/screenshot.png
 
 eval-ondevice: $(WEB_MODEL) ## MediaPipe's ImageClassifier vs our CLI on the test split (~10 min)
-	nice -n 10 $(DEV_PY) bench/ondevice.py --ondevice $(WEB_MODEL) --data-dir $(DATA_DIR) \
+	nice -n 10 $(DEV_PY) -m bench.ondevice --ondevice $(WEB_MODEL) --data-dir $(DATA_DIR) \
 		--split test --json build/ondevice_eval.json
 
 # --- arm64 under emulation (slow; not part of make test) -----------------------------------------
@@ -171,9 +171,9 @@ check-arm64: $(DEV_VENV)/.installed ## Slow, needs root: arm64 artifact under qe
 	@test -x $(ARM64_ROOT)/usr/bin/python$(ARM64_PYTHON) || { rm -rf $(ARM64_ROOT) && \
 		mmdebstrap --mode=root --arch=arm64 --variant=extract \
 		--include=python$(ARM64_PYTHON),libpython$(ARM64_PYTHON)-stdlib,libstdc++6 bookworm $(ARM64_ROOT); }
-	$(DEV_PY) deploy/build_artifact.py --platform lambda --arch arm64 --python-version $(ARM64_PYTHON) \
+	$(DEV_PY) -m deploy.build_artifact --platform lambda --arch arm64 --python-version $(ARM64_PYTHON) \
 		--out $(ARM64_ARTIFACT)
-	nice -n 10 $(DEV_PY) deploy/check_arm64.py --root $(ARM64_ROOT) --artifact $(ARM64_ARTIFACT) --samples samples \
+	nice -n 10 $(DEV_PY) -m deploy.check_arm64 --root $(ARM64_ROOT) --artifact $(ARM64_ARTIFACT) --samples samples \
 		--json build/check_arm64.json
 
 clean: ## Remove environments, caches and build outputs (keeps artifacts/ with trained models)

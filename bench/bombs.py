@@ -10,8 +10,8 @@ written and that the next ordinary request still answers 200.
 
 A script, not a test: the figures depend on the machine. ``make bench-bombs`` runs every case.
 
-    python bench/bombs.py --json build/bench_bombs.json
-    python bench/bombs.py --case jpeg_scans_10000 --case png16_7071
+    python -m bench.bombs --json build/bench_bombs.json
+    python -m bench.bombs --case jpeg_scans_10000 --case png16_7071
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from types import SimpleNamespace
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
+
+from bench import record  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "tests" / "fixtures" / "tiny_model.tflite"
 # The issue's "done when": each bomb answers its 4xx in well under a second of CPU, under 150 MB.
@@ -459,6 +461,17 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def draw(figure, report: dict) -> None:
+    cpu, rss = figure.subplots(1, 2, sharey=True)
+    rows = report["rows"]
+    names = [row["case"] for row in rows]
+    record.bars(cpu, names, [row["cpu_s"] for row in rows], "CPU s per request", TARGET_CPU_S)
+    record.bars(
+        rss, names, [row["peak_rss_growth_mb"] for row in rows], "peak RSS growth, MB", TARGET_RSS_GROWTH_MB
+    )
+    cpu.set_title("what each hostile input cost before it was refused", fontsize=9)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", action="append", choices=[c.name for c in CASES], help="run only these")
@@ -508,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             "targets": {"cpu_s": TARGET_CPU_S, "peak_rss_growth_mb": TARGET_RSS_GROWTH_MB},
             "rows": [asdict(r) | {"ok": r.ok} for r in rows],
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        record.write(args.json, report, draw)
         print(f"wrote {args.json}")
     return 0 if all(r.ok for r in rows) else 1
 

@@ -7,7 +7,7 @@ to S3. One batch at a time, like one Lambda instance. Loopback S3 is faster than
 (~10-30 ms per GET/PUT there), so the figure is an upper bound on what S3 latency allows; reads run
 ahead of the classifier (FETCH_WORKERS) precisely so that latency hides behind inference.
 
-    nice -n 10 python bench/bulk.py --data-dir ../shared/data/clothing-dataset-small --images 50
+    nice -n 10 python -m bench.bulk --data-dir ../shared/data/clothing-dataset-small --images 50
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench import record  # noqa: E402
+
 DEFAULT_MODEL = REPO_ROOT / "lambda_function" / "model" / "model.tflite"
 INPUT_BUCKET, RESULTS_BUCKET, PREFIX = "bench-photos", "bench-results", "test/"
 
@@ -40,6 +42,20 @@ def pick_images(split_dir: Path, count: int) -> list[Path]:
             if files and len(picked) < count:
                 picked.append(files.pop(0))
     return picked
+
+
+def draw(figure, report: dict) -> None:
+    axes = figure.subplots()
+    runs = report["runs"]
+    record.bars(
+        axes,
+        [f"{run['num_threads']} thread(s)" for run in runs],
+        [run["images_per_s"] for run in runs],
+        "images/s",
+    )
+    axes.set_title(
+        f"bulk path, {report['images']} photos from moto S3 on loopback, one batch at a time", fontsize=9
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             report["runs"].append(figures)
             print(json.dumps(figures), flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        record.write(args.json, report, draw)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -6,7 +6,7 @@ here, by running the file through the serving code (``lambda_function.classifier
 on the test split, so they are what the Lambda serves. Needs the runtime requirements only (numpy,
 Pillow, ai-edge-litert): no TensorFlow, no tqdm.
 
-    python bench/model_card.py --data-dir data/clothing-dataset-small
+    python -m bench.model_card --data-dir data/clothing-dataset-small
 """
 
 from __future__ import annotations

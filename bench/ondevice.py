@@ -1,6 +1,6 @@
 """MediaPipe's ImageClassifier on the on-device model against our CLI on a dataset split.
 
-    python bench/ondevice.py --ondevice web/model/model.tflite \\
+    python -m bench.ondevice --ondevice web/model/model.tflite \\
         --data-dir ../shared/data/clothing-dataset-small --split test --json build/ondevice_eval.json
 
 Our CLI (lambda_function: Pillow decode, bilinear resize with antialiasing to 352x352 ignoring the
@@ -16,13 +16,13 @@ would give it, in several framings, so the effect of its own resize and of a cro
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from bench import record
 from convert.data import list_split, stratified_sample
 from lambda_function.classifier import Classifier
 from lambda_function.preprocess import BACKGROUND, decode_image, resize_image
@@ -135,6 +135,20 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def draw(figure, result: dict) -> None:
+    accuracy, agreement = figure.subplots(1, 2, sharey=True)
+    rows = result["rows"]
+    names = [row["framing"] for row in rows]
+    record.bars(accuracy, names, [100 * row["accuracy"] for row in rows], f"accuracy on {result['split']}, %")
+    record.bars(
+        agreement,
+        names,
+        [100 * (row.get("top1_agreement_with_cli") or 0) for row in rows],
+        "top-1 = CLI's, %",
+    )
+    accuracy.set_title(f"MediaPipe ImageClassifier, {result['images']} images", fontsize=9)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ondevice", type=Path, default=Path("web/model/model.tflite"))
@@ -147,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     result = evaluate(args.ondevice, args.cli_model, args.data_dir, args.split, args.limit)
     print(to_markdown(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        record.write(args.json, result, draw)
     return 0
 
 

@@ -11,14 +11,13 @@ All in one run, on one model and one real photo served from a loopback HTTP serv
 
 A script, not a test: figures depend on the machine. ``make bench-serve`` runs it on the bundled model.
 
-    python bench/serve.py --model lambda_function/model/model.tflite --json bench.json
+    python -m bench.serve --model lambda_function/model/model.tflite --json bench.json
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import subprocess
@@ -34,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
+from bench import record  # noqa: E402
 from lambda_function.sidecar import read_sidecar  # noqa: E402
 from local.loopback import LoopbackServer, QuietHandler  # noqa: E402
 
@@ -329,6 +329,30 @@ def markdown(r: Result) -> str:
     return head + "\n".join(table)
 
 
+def draw(figure, r: dict) -> None:
+    latency, cold = figure.subplots(1, 2, width_ratios=(2, 1))
+    shown = {
+        "bare invoke p50": "bare_p50_ms",
+        "handler p50": "handler_p50_ms",
+        "handler p95": "handler_p95_ms",
+        "  fetch p50": "handler_fetch_p50_ms",
+        "  preprocess p50": "handler_preprocess_p50_ms",
+        "  inference p50": "handler_inference_p50_ms",
+    }
+    record.bars(latency, list(shown), [r[key] for key in shown.values()], "ms")
+    latency.set_title(
+        f"{Path(r['model']).name}: {r['requests']} requests, {r['threads']} threads", fontsize=9
+    )
+    record.bars(
+        cold,
+        ["libraries", "app + model", "cold start"],
+        [r["cold_libraries_median_s"], r["cold_app_median_s"], r["cold_start_median_s"]],
+        "s",
+        TARGET_COLD_START_S,
+    )
+    cold.set_title("cold start (median)", fontsize=9)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a .tflite with its .json sidecar")
@@ -356,8 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(markdown(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(asdict(result), indent=2) + "\n", encoding="utf-8")
+        record.write(args.json, asdict(result), draw)
     return 0
 
 

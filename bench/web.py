@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bench import record
 from convert.data import has_split, list_split, stratified_sample
 from lambda_function.classifier import Classifier
 from lambda_function.preprocess import preprocess
@@ -84,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(photos(args.data_dir, args.split, args.limit, labels), args.screenshot)
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        record.write(args.json, result)  # the page's own picture is the screenshot
     if args.screenshot:
         print(f"screenshot: {args.screenshot}")
     return 0
