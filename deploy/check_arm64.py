@@ -7,7 +7,7 @@ filesystem with python3.11 (``make check-arm64`` installs and makes both). Build
 Python first: ``build_artifact.py --platform lambda --arch arm64 --python-version 3.11``. Each emulated
 inference takes ~15 s: this checks imports, the ABI and correctness, never speed.
 
-    python deploy/check_arm64.py --root build/arm64-root --artifact build/arm64-artifact
+    python -m deploy.check_arm64 --root build/arm64-root --artifact build/arm64-artifact
 """
 
 from __future__ import annotations

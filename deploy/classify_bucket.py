@@ -3,8 +3,8 @@
 Deployed (template.yaml with BulkStateMachine=true): finds the state machine in the stack's outputs,
 starts an execution with {"bucket": ..., "prefix": ...} and prints where the results go::
 
-    python deploy/classify_bucket.py --bucket my-photos --prefix catalogue/ --stack edge-clothing-classifier
-    python deploy/classify_bucket.py ... --state-machine-arn arn:aws:states:...:stateMachine:... --wait
+    python -m deploy.classify_bucket --bucket my-photos --prefix catalogue/ --stack edge-clothing-classifier
+    python -m deploy.classify_bucket ... --state-machine-arn arn:aws:states:...:stateMachine:... --wait
 
 ``--local`` does the state machine's job in this process instead: lists the prefix the way its
 s3:listObjectsV2 ItemReader does, cuts the listing into batches the way its ItemBatcher does, and hands

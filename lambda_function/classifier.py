@@ -30,7 +30,7 @@ MODEL_ID_LENGTH = 12
 # Scores in responses are rounded: more digits are noise and only make the JSON longer.
 SCORE_DIGITS = 6
 # Test-time augmentation: "none" runs the model once; "flip" also runs the mirror image and averages the
-# probabilities (twice the inference time). Off by default: see docs/accuracy.md for what it bought.
+# probabilities (twice the inference time). Off by default: docs/lab/accuracy-levers.md has its figures.
 TTA_MODES = ("none", "flip")
 
 

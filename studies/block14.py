@@ -12,7 +12,7 @@ forward pass per photo caches the pooled outputs of blocks 11 and 12 and the who
   on 2 CPU cores, since block 14 costs about a sixth of a forward pass.
 
 Heads train on train only, for a fixed number of epochs, so every extra photo is held out and scored
-(grouped CV aside); validation is scored too; the test split is never read. Docs: docs/accuracy.md.
+(grouped CV aside); validation is scored too; the test split is never read. Docs: docs/lab/accuracy-levers.md.
 
     python -m studies.block14 --data-dir DIR --extra-dir EXTRA --weights PATH [--photo-view]
 """

@@ -1,6 +1,6 @@
 """Milliseconds per photo of each resize mode (after decoding), and the photos' aspect ratios.
 
-python studies/resize_cost.py ../shared/data/clothing-dataset-extra [--size 352]
+python -m studies.resize_cost ../shared/data/clothing-dataset-extra [--size 352]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ without TTA and with flip TTA (the mean of both probabilities: exactly what ``--
 and adults' photos apart when the folder has an images.csv. Latency: ``Classifier.predict`` timed
 with ``tta="none"`` and ``tta="flip"`` on the first few photos. No TensorFlow needed.
 
-    python studies/tta_check.py --images-dir ../shared/data/clothing-dataset-extra [--model PATH]
+    python -m studies.tta_check --images-dir ../shared/data/clothing-dataset-extra [--model PATH]
 
 Use it only on photos the model did not train on (the bundled model never saw clothing-dataset-extra).
 """
