@@ -33,6 +33,8 @@ if str(REPO_ROOT) not in sys.path:
 STATE_MACHINE_OUTPUT = "ClassifyBucketStateMachineArn"
 RESULTS_OUTPUT = "ResultsLocation"
 DEFAULT_ITEMS_PER_BATCH = 20  # template.yaml's MapItemsPerBatch default
+# The state machine's ItemBatcher also cuts at this much input (template.yaml: MaxInputBytesPerBatch).
+MAX_INPUT_BYTES_PER_BATCH = 204_800
 # As the state machine's Retry on RetryLater: 1 try + 4 retries, 5 s doubling (shorter here).
 LOCAL_ATTEMPTS = 5
 LOCAL_FIRST_WAIT_S = 1.0
@@ -60,13 +62,22 @@ def list_items(client, bucket: str, prefix: str) -> Iterator[dict]:
             }
 
 
-def batches(items: Iterator[dict], size: int) -> Iterator[list[dict]]:
+def batches(
+    items: Iterator[dict], size: int, max_bytes: int = MAX_INPUT_BYTES_PER_BATCH
+) -> Iterator[list[dict]]:
+    """Batches of at most ``size`` items and ``max_bytes`` of JSON, as the ItemBatcher cuts them."""
     batch: list[dict] = []
+    used = 0
     for item in items:
+        cost = len(json.dumps(item, default=str).encode("utf-8")) + 2
+        if batch and used + cost > max_bytes:
+            yield batch
+            batch, used = [], 0
         batch.append(item)
+        used += cost
         if len(batch) == size:
             yield batch
-            batch = []
+            batch, used = [], 0
     if batch:
         yield batch
 

@@ -72,6 +72,9 @@ THROTTLING_CODES = frozenset(
 )
 # Our own codes a retry can fix: the network, or a model a fixed deployment will load.
 TEMPORARY_CODES = frozenset({"upstream_timeout", "model_unavailable", "deadline"})
+# A Distributed Map child's output must stay under Step Functions' 256 KiB payload limit whatever
+# MapItemsPerBatch is: past this many bytes the per-image entries are shortened, then cut (counts stay).
+MAX_MAP_RESPONSE_BYTES = 200_000
 MAX_TAGS = 10  # S3's limit per object
 TAG_PREFIX = "classifier-"
 # Characters S3 accepts in tag values; anything else becomes "_".
@@ -115,12 +118,15 @@ class BulkConfig:
         )
 
     def result_key(self, item: S3Item) -> str:
-        """Where the JSON line of ``item`` goes: a function of the input object only (idempotent re-runs)."""
+        """Where the JSON line of ``item`` goes: a function of the input object only (idempotent re-runs),
+        and a different place for every (bucket, key): a bucket name never contains "/", so
+        ``<prefix><bucket>/<key>.json`` names one object; a key too long for that goes under
+        ``<prefix>_long-keys/``, which no bucket name can produce (they start with a letter or digit)."""
         key = f"{self.results_prefix}{item.bucket}/{item.key}.json"
-        if len(key.encode("utf-8", "surrogatepass")) <= S3_MAX_KEY_BYTES:
+        if len(key.encode("utf-8")) <= S3_MAX_KEY_BYTES:
             return key
-        digest = hashlib.sha256(item.key.encode("utf-8", "surrogatepass")).hexdigest()
-        return f"{self.results_prefix}{item.bucket}/_long-keys/{digest}.json"
+        digest = hashlib.sha256(item.key.encode("utf-8")).hexdigest()
+        return f"{self.results_prefix}_long-keys/{item.bucket}/{digest}.json"
 
 
 @dataclass
@@ -161,7 +167,7 @@ class Outcome:
 
     def summary(self) -> dict:
         """This image in a notification or Distributed Map response (kept small: Step Functions caps it)."""
-        body = {"key": self.item.key, "status": "Skipped" if self.skipped else self.code}
+        body = {"key": shown_key(self.item.key), "status": "Skipped" if self.skipped else self.code}
         if self.labels:
             body["label"], body["score"] = self.labels[0]["label"], self.labels[0]["score"]
         if self.error is not None:
@@ -171,6 +177,39 @@ class Outcome:
         if self.result_uri:
             body["result"] = self.result_uri
         return body
+
+
+def shown_key(key: str) -> str:
+    """``key`` as it can be written in a response: a lone surrogate (legal in a JSON event, never in
+    UTF-8) becomes its escape, so the runtime can still encode the answer."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def bounded(body: dict, limit: int = MAX_MAP_RESPONSE_BYTES) -> dict:
+    """``body`` with its per-image entries shortened, then cut, until it is at most ``limit`` bytes of
+    UTF-8 JSON. The counts always stay whole; ``results_omitted`` says how many entries were cut (0 when
+    none; their JSON lines are in RESULTS_BUCKET as usual)."""
+    body = {**body, "results_omitted": 0}  # always there: the state machine's ResultSelector reads it
+    if _size(body) <= limit:
+        return body
+    results = [{k: v for k, v in entry.items() if k != "result"} for entry in body["results"]]
+    body = {**body, "results": results}  # the result URI is <prefix><bucket>/<key>.json: derivable
+    if _size(body) <= limit:
+        return body
+    budget = limit - _size({**body, "results": [], "results_omitted": len(results)})
+    kept = []
+    for entry in results:
+        cost = _size(entry) + 2  # and its ", "
+        if cost > budget:
+            break
+        kept.append(entry)
+        budget -= cost
+    return {**body, "results": kept, "results_omitted": len(results) - len(kept)}
+
+
+def _size(value) -> int:
+    # As the Lambda runtime writes it (python3.12+: simplejson, ensure_ascii=False, default separators).
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
 
 
 def is_temporary(err: ServingError) -> bool:
@@ -218,7 +257,7 @@ def handle(
     body = {"summary": counts, "results": [o.summary() for o in outcomes]}
     if kind == MAP_BATCH and request.items:
         body["bucket"] = request.items[0].bucket
-    return body
+    return bounded(body)
 
 
 def batch_operations_response(request: BulkRequest, outcomes: list[Outcome]) -> dict:
@@ -272,6 +311,9 @@ def classify_items(
                     download.cancel()
                 break
             outcome = _classify_one(item, download, classifier, model_error, config, request.top_k)
+            # The future holds the image's bytes: let it go before the next download starts, so at most
+            # FETCH_WORKERS + 1 images are ever held (the one classified and those read ahead).
+            download = None
             outcomes.append(outcome)
             # Temporary failures are retried, so only a final answer is written.
             write = config.results_bucket and not outcome.temporary
@@ -350,7 +392,10 @@ def _skip_reason(item: S3Item, config: BulkConfig) -> str | None:
 
 
 def _fail(outcome: Outcome, err: ServingError) -> None:
-    outcome.error, outcome.temporary = err, is_temporary(err)
+    # A copy without the traceback: the caught error's frames hold the image's bytes, and a batch keeps
+    # every outcome to the end (1,000 failed images of 10 MB each would all stay in memory).
+    outcome.error = ServingError(err.status, err.code, err.message)
+    outcome.temporary = is_temporary(err)
     outcome.labels = outcome.model = None
 
 

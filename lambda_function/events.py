@@ -17,11 +17,12 @@ itself, raw or base64 (``isBase64Encoded``). A GET may pass ``?url=...&top_k=...
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from lambda_function.errors import ServingError
-from lambda_function.fetch import check_s3_location
+from lambda_function.fetch import _echo, check_s3_location  # one echo rule for client text
 
 DEFAULT_TOP_K = 3
 # Each URL costs a fetch and an inference within one invocation's timeout.
@@ -40,6 +41,9 @@ BULK_KINDS = frozenset({S3_NOTIFICATION, S3_BATCH, MAP_BATCH})
 # Objects per bulk event: far more than one invocation can classify in 15 minutes anyway.
 MAX_BULK_ITEMS = 1000
 S3_BATCH_SCHEMA_VERSIONS = ("1.0", "2.0")
+# Batch Operations 1.0 names the bucket by ARN: arn:PARTITION:s3:::BUCKET (region and account empty for
+# buckets; some examples fill them in). Anything else is refused, never read as a bucket name.
+S3_BUCKET_ARN = re.compile(r"arn:aws(?:-cn|-us-gov)?:s3:[a-z0-9-]*:[0-9]*:(?P<bucket>[^:/]+)")
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -318,14 +322,20 @@ def _parse_s3_batch(event: dict, num_labels: int) -> BulkRequest:
         task_id = task.get("taskId") if isinstance(task, dict) else None
         if not isinstance(task_id, str) or not task_id:
             raise ServingError(400, "invalid_event", "Every task needs a 'taskId' (a string).")
+        problem = None
         if version == "1.0":
-            # arn:aws:s3:::bucket (or arn:aws:s3:region:account:bucket in some examples)
             arn = task.get("s3BucketArn")
-            bucket = arn.rsplit(":", 1)[-1] if isinstance(arn, str) else None
+            match = S3_BUCKET_ARN.fullmatch(arn) if isinstance(arn, str) else None
+            bucket = match["bucket"] if match else None
+            if match is None:
+                shown = _echo(arn) if isinstance(arn, str) else _describe(arn)
+                problem = f"{shown!r} is not an S3 bucket ARN (arn:aws:s3:::BUCKET)."
         else:
             bucket = task.get("s3Bucket")
         # Batch Operations passes keys URL-encoded, as they are in its CSV manifest.
-        items.append(_item(bucket, task.get("s3Key"), task.get("s3VersionId"), task_id=task_id))
+        items.append(
+            _item(bucket, task.get("s3Key"), task.get("s3VersionId"), task_id=task_id, problem=problem)
+        )
     return BulkRequest(
         S3_BATCH,
         tuple(items),
@@ -371,14 +381,18 @@ def _item(
     *,
     task_id: str | None = None,
     decode: bool = True,
+    problem: str | None = None,
 ) -> S3Item:
-    problem = None
+    """One item; ``problem`` (a message) marks it invalid_s3_location whatever its bucket and key say.
+    Everything S3 could not be asked for is decided here, before any request: such an item is a
+    PermanentFailure, never retried."""
     if decode and isinstance(key, str):
         key = unquote_plus(key)
-    try:
-        check_s3_location(bucket, key)
-    except ServingError as err:
-        problem = ServingError(400, "invalid_s3_location", err.message)
+    if problem is None:
+        try:
+            check_s3_location(bucket, key)
+        except ServingError as err:
+            problem = err.message
     return S3Item(
         bucket=bucket if isinstance(bucket, str) else "",
         key=key if isinstance(key, str) else "",
@@ -386,7 +400,7 @@ def _item(
         etag=etag.strip('"') if isinstance(etag, str) and etag else None,
         size=size if isinstance(size, int) and not isinstance(size, bool) else None,
         task_id=task_id,
-        problem=problem,
+        problem=ServingError(400, "invalid_s3_location", problem) if problem else None,
     )
 
 

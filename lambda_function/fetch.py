@@ -21,7 +21,7 @@ A URL is a request to open a connection from inside our account, so each one is 
 Stdlib ``http.client``/``ssl`` rather than a library such as requests-hardened: nothing extra in the
 Lambda zip, and pinning the connection to the checked IP, the streaming cap and the deadline are ours to
 see and test. boto3 is imported only for ``s3://`` URLs (the Lambda runtime has it; it is not in
-requirements.txt).
+requirements.txt); its GETs go out on these same sockets, with the same deadline (``s3_transport.py``).
 
 Every failure is a ServingError: 400 ``invalid_url`` / ``unsupported_scheme`` / ``url_refused``,
 413 ``image_too_large_bytes``, 415 ``unsupported_media_type``, 500 ``s3_unavailable``,
@@ -609,17 +609,19 @@ def _too_large(max_bytes: int) -> ServingError:
 
 def _read_capped(read: Callable[[int], bytes], max_bytes: int, deadline: float) -> bytes:
     """Read until EOF, never more than ``max_bytes + 1`` bytes: one byte over the cap is enough to refuse."""
-    chunks: list[bytes] = []
+    # A BytesIO grows in place and hands its buffer over without a copy, where a list of chunks joined
+    # at the end holds the image twice: with several downloads in flight that doubling adds up.
+    buffer = io.BytesIO()
     total = 0
     while True:
         _left(deadline)
         chunk = read(min(CHUNK_SIZE, max_bytes + 1 - total))
         if not chunk:
-            return b"".join(chunks)
+            return buffer.getvalue()
         total += len(chunk)
         if total > max_bytes:
             raise _too_large(max_bytes)
-        chunks.append(chunk)
+        buffer.write(chunk)
 
 
 # --- S3 -------------------------------------------------------------------------------------------
@@ -639,11 +641,20 @@ class S3ReadError(ServingError):
 
 
 def check_s3_location(bucket: object, key: object) -> None:
-    """ServingError(400, "invalid_url") unless ``bucket`` is a bucket name and ``key`` a 1-1024 byte key."""
+    """ServingError(400, "invalid_url") unless ``bucket`` is a bucket name and ``key`` a 1-1024 byte key
+    that S3 can be asked for (valid Unicode: a lone surrogate cannot be sent in any request)."""
     if not isinstance(bucket, str) or not valid_s3_bucket(bucket):
         raise ServingError(400, "invalid_url", f"{_echo(str(bucket))!r} is not a valid S3 bucket name.")
-    if not isinstance(key, str) or not key or len(key.encode("utf-8", "surrogatepass")) > S3_MAX_KEY_BYTES:
-        raise ServingError(400, "invalid_url", f"The S3 URL needs a key of 1-{S3_MAX_KEY_BYTES} bytes.")
+    if not isinstance(key, str) or not key:
+        raise ServingError(400, "invalid_url", f"An S3 key must be 1-{S3_MAX_KEY_BYTES} bytes of UTF-8.")
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ServingError(
+            400, "invalid_url", "The S3 key is not valid Unicode (it has a lone surrogate)."
+        ) from None
+    if size > S3_MAX_KEY_BYTES:
+        raise ServingError(400, "invalid_url", f"An S3 key must be 1-{S3_MAX_KEY_BYTES} bytes of UTF-8.")
 
 
 def _parse_s3_url(url: str) -> tuple[str, str]:
@@ -679,13 +690,17 @@ def _s3_client(connect_timeout: float, read_timeout: float):
         raise ServingError(
             500, "s3_unavailable", "s3:// URLs need boto3, which is not installed here."
         ) from None
+    from lambda_function import s3_transport
+
     # One attempt: a retry would outlive the deadline; the client can retry the whole request.
     config = Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},
     )
-    return boto3.client("s3", config=config)
+    # Reads go through our deadline sockets (s3_transport); writes through botocore's own transport.
+    limits = FetchLimits(connect_timeout=connect_timeout, read_timeout=read_timeout)
+    return s3_transport.install(boto3.client("s3", config=config), limits)
 
 
 def _fetch_s3(url: str, limits: FetchLimits, deadline: float) -> bytes:
@@ -704,13 +719,19 @@ def read_s3_object(
 def _read_s3(
     bucket: str, key: str, limits: FetchLimits, deadline: float, version_id: str | None = None
 ) -> tuple[bytes, dict]:
+    from lambda_function.s3_transport import read_budget
+
     client = s3_client(limits)
     where = _echo(f"s3://{bucket}/{key}")
     request = {"Bucket": bucket, "Key": key}
     if version_id:
         request["VersionId"] = version_id
     try:
-        response = client.get_object(**request)
+        # Headers and body arrive within the deadline, or the socket gives up waiting (s3_transport).
+        with read_budget(limits, deadline):
+            response = client.get_object(**request)
+    except ServingError:
+        raise
     except Exception as exc:  # botocore raises many types; all are upstream failures
         raise s3_error(exc, where) from None
     body = response["Body"]
@@ -719,7 +740,11 @@ def _read_s3(
         if isinstance(length, int) and length > limits.max_bytes:
             raise _too_large(limits.max_bytes)
         _check_content_type(response.get("ContentType"))
-        data = _read_capped(body.read, limits.max_bytes, deadline)
+        # s3_transport has read the body already, within the deadline and the cap: one read hands over
+        # its buffer without a copy.
+        data = body.read()
+        if len(data) > limits.max_bytes:
+            raise _too_large(limits.max_bytes)
         return data, {"etag": response.get("ETag"), "version_id": response.get("VersionId")}
     except ServingError:
         raise
@@ -745,7 +770,8 @@ def s3_error(exc: Exception, where: str) -> S3ReadError:
             s3_code=str(code),
             http_status=http_status if isinstance(http_status, int) else None,
         )
-    name = type(exc).__name__
-    if "Timeout" in name:
+    if "Timeout" in type(exc).__name__:
         return S3ReadError(504, "upstream_timeout", f"S3 did not answer in time for {where}.")
-    return S3ReadError(502, "upstream_error", f"Reading {where} from S3 failed ({name}).")
+    # No library or exception names reach a caller: what failed is said in our own words.
+    logger.warning("S3 call for %s failed: %s", where, type(exc).__name__)
+    return S3ReadError(502, "upstream_error", f"S3 gave no usable answer for {where}.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -19,11 +20,11 @@ import boto3  # boto3 and moto[server] are in the dev extras: a missing one fail
 import pytest
 
 from lambda_function import fetch
-from lambda_function.bulk import FETCH_WORKERS, MAX_RESULT_STRING_CHARS, RetryLater
+from lambda_function.bulk import FETCH_WORKERS, MAX_MAP_RESPONSE_BYTES, MAX_RESULT_STRING_CHARS, RetryLater
 from lambda_function.classifier import Classifier
 from lambda_function.fetch import FetchLimits
 from tests.fixtures.images import BLUE, GREEN, RED, solid
-from tests.fixtures.moto_s3 import moto_s3_server, s3_env
+from tests.fixtures.moto_s3 import FaultProxy, moto_s3_server, s3_env
 
 CONTEXT = SimpleNamespace(aws_request_id="req-bulk")
 PREFIX = "classifications/"
@@ -337,6 +338,7 @@ def test_distributed_map_batch_answers_every_item(bulk_app, s3, buckets):
     }
     assert by_key["photos/notes.txt"]["status"] == "PermanentFailure"
     assert response["summary"] == {"Succeeded": 2, "TemporaryFailure": 0, "PermanentFailure": 1, "Skipped": 1}
+    assert response["results_omitted"] == 0  # always there: the state machine selects it
     assert len(json.dumps(response)) < 256 * 1024  # Step Functions' payload limit
     assert result_line(s3, buckets, "photos/a.png")["etag"] == event["Items"][0]["Etag"].strip('"')
 
@@ -459,3 +461,173 @@ def test_awkward_keys_in_every_event_shape(bulk_app, s3, buckets, shape):
         assert response["summary"]["Succeeded"] == len(keys)
     for key in keys:
         assert result_line(s3, buckets, key)["key"] == key
+
+
+# ---------------------------------------------------------------- a misbehaving S3 and hostile keys
+
+
+@pytest.fixture
+def faulty(bulk_app, s3_endpoint, monkeypatch):
+    """The function reads S3 through a proxy that can trickle a key's body, with a 1.5 s deadline."""
+    proxy = FaultProxy(s3_endpoint["AWS_ENDPOINT_URL_S3"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+    monkeypatch.setattr(bulk_app, "FETCH_LIMITS", FetchLimits(max_bytes=MAX_BYTES, total_timeout=1.5))
+    fetch._s3_client.cache_clear()
+    yield proxy
+    fetch._s3_client.cache_clear()
+    proxy.close()
+
+
+def requests_for(proxy: FaultProxy, bucket: str, key: str) -> list[str]:
+    return [method for method, path in proxy.requests if path == f"/{bucket}/{key}"]
+
+
+@pytest.mark.parametrize("fault", ["trickle_body", "slow_headers"])
+def test_a_download_that_misses_the_deadline_is_temporary_and_the_rest_are_classified(
+    faulty, s3, buckets, fault
+):
+    for key, colour in (("a.png", RED), ("slow.png", GREEN), ("b.png", BLUE)):
+        put(s3, buckets.input, key, solid(colour))
+    faulty.faults["slow.png"] = fault  # 4 bytes a second: minutes for the whole image
+    started = time.monotonic()
+    response = faulty_app_call(faulty, batch_operations("2.0", buckets.input, ["a.png", "slow.png", "b.png"]))
+    elapsed = time.monotonic() - started
+
+    codes = [(r["resultCode"], r["resultString"].split(":")[0]) for r in response["results"]]
+    assert codes[1] == ("TemporaryFailure", "upstream_timeout")
+    assert codes[0][0] == codes[2][0] == "Succeeded"
+    assert elapsed < 1.5 + 1.0  # the deadline plus a second, the whole batch included
+
+
+def faulty_app_call(proxy: FaultProxy, event: dict) -> dict:
+    from lambda_function import app  # the bulk_app fixture's module, configured for the proxy
+
+    return app.lambda_handler(event, CONTEXT)
+
+
+def test_a_key_that_cannot_be_encoded_is_permanent_and_never_requested(faulty, s3, buckets):
+    put(s3, buckets.input, "ok.png", solid(RED))
+    bad = "photos/\ud800.png"  # a lone surrogate: legal in a JSON event, impossible in a request
+    event = batch_operations("2.0", buckets.input, ["ok.png", "placeholder"])
+    event["tasks"][1]["s3Key"] = bad  # as it arrives in the JSON event (quote_plus cannot even encode it)
+    batch = faulty_app_call(faulty, event)
+    (ok, refused) = batch["results"]
+    assert ok["resultCode"] == "Succeeded"
+    assert refused["resultCode"] == "PermanentFailure"
+    assert refused["resultString"].startswith("invalid_s3_location: ")
+    for word in ("UnicodeEncodeError", "Error", "botocore", "surrogatepass"):
+        assert word not in refused["resultString"]
+
+    # A Distributed Map batch answers it too instead of asking Step Functions to retry the whole batch.
+    event = {"Items": [{"Key": "ok.png"}, {"Key": bad}], "BatchInput": {"bucket": buckets.input}}
+    body = faulty_app_call(faulty, event)
+    assert body["summary"]["PermanentFailure"] == 1 and body["summary"]["Succeeded"] == 1
+    assert body["results"][1]["error"] == "invalid_s3_location"
+    json.dumps(body, ensure_ascii=False).encode("utf-8")  # the runtime can still send the answer
+    assert all("\ud800" not in path for _method, path in faulty.requests)
+
+
+@pytest.mark.parametrize(
+    ("version", "bucket_field", "key"),
+    [
+        ("1.0", {"s3BucketArn": "not-an-arn"}, "x.png"),
+        ("1.0", {"s3BucketArn": "arn:aws:s3:::"}, "x.png"),
+        ("2.0", {"s3Bucket": ""}, "x.png"),
+        ("2.0", {"s3Bucket": "Not_A_Bucket"}, "x.png"),
+        ("2.0", {"s3Bucket": "fine-bucket"}, "k" * 1025),
+    ],
+)
+def test_locations_s3_cannot_be_asked_for_are_permanent_before_any_request(
+    faulty, version, bucket_field, key
+):
+    event = batch_operations(version, "placeholder", [key])
+    task = event["tasks"][0]
+    task.pop("s3BucketArn", None), task.pop("s3Bucket", None)
+    task.update(bucket_field)
+    before = len(faulty.requests)
+    (result,) = faulty_app_call(faulty, event)["results"]
+    assert (result["resultCode"], result["resultString"].split(":")[0]) == (
+        "PermanentFailure",
+        "invalid_s3_location",
+    )
+    assert len(faulty.requests) == before
+
+
+def test_a_map_batch_answer_stays_under_step_functions_limit_with_long_keys(bulk_app, s3, buckets):
+    long_prefix = "l" * 990
+    for i in range(3):
+        put(s3, buckets.input, f"{long_prefix}/{i}.png", solid(RED))
+    # 1,000 items, the most MapItemsPerBatch allows; the unreadable ones cost no request.
+    items = [{"Key": f"{long_prefix}/{i}.png"} for i in range(3)]
+    items += [{"Key": "x" * 1030 + str(i)} for i in range(997)]
+    body = bulk_app.lambda_handler({"Items": items, "BatchInput": {"bucket": buckets.input}}, CONTEXT)
+
+    size = len(json.dumps(body, ensure_ascii=False).encode("utf-8"))
+    assert size <= MAX_MAP_RESPONSE_BYTES < 256 * 1024
+    assert body["summary"] == {"Succeeded": 3, "TemporaryFailure": 0, "PermanentFailure": 997, "Skipped": 0}
+    assert len(body["results"]) + body["results_omitted"] == 1000
+    assert [r["status"] for r in body["results"][:3]] == ["Succeeded"] * 3
+
+
+def test_every_key_has_its_own_result_object(bulk_app, s3, buckets):
+    from lambda_function.bulk import BulkConfig
+    from lambda_function.events import S3Item
+
+    long_key = "k" * 1000 + ".png"
+    config = BulkConfig(buckets.results, PREFIX)
+    digest = config.result_key(S3Item(buckets.input, long_key)).rsplit("/", 1)[1].removesuffix(".json")
+    lookalike = f"_long-keys/{digest}"  # a short key spelled like the long key's place
+    put(s3, buckets.input, long_key, solid(RED))
+    put(s3, buckets.input, lookalike, solid(BLUE))
+    bulk_app.lambda_handler(notification(buckets.input, [long_key, lookalike]), CONTEXT)
+
+    lines = {}
+    for key in result_keys(s3, buckets):
+        line = json.loads(s3.get_object(Bucket=buckets.results, Key=key)["Body"].read())
+        lines[line["key"]] = line["labels"][0]["label"]
+    assert lines == {long_key: "red", lookalike: "blue"}
+
+
+@pytest.mark.parametrize(("own_tags", "code"), [(7, "Succeeded"), (8, "PermanentFailure")])
+def test_tags_fit_only_while_s3s_ten_allow_ours(bulk_app, s3, buckets, monkeypatch, own_tags, code):
+    monkeypatch.setenv("TAG_OBJECTS", "true")
+    put(s3, buckets.input, "t.png", solid(RED))
+    tags = [{"Key": f"k{i}", "Value": "v"} for i in range(own_tags)]
+    s3.put_object_tagging(Bucket=buckets.input, Key="t.png", Tagging={"TagSet": tags})
+    (result,) = bulk_app.lambda_handler(batch_operations("2.0", buckets.input, ["t.png"]), CONTEXT)["results"]
+    assert result["resultCode"] == code
+    if code != "Succeeded":
+        assert result["resultString"].startswith("too_many_tags: ")
+
+
+def test_a_batch_holds_at_most_the_images_read_ahead(bulk_app, s3, buckets, monkeypatch):
+    # Failed images used to stay in memory through their errors' tracebacks until the batch ended.
+    import tracemalloc
+
+    from lambda_function import bulk
+
+    size = 1024 * 1024
+    for i in range(12):
+        put(s3, buckets.input, f"noise/{i}.jpg", os.urandom(size), "image/jpeg")  # 422: not an image
+    monkeypatch.setattr(bulk_app, "FETCH_LIMITS", FetchLimits(max_bytes=2 * size))
+    held = []
+    classify = bulk.classify_bytes
+
+    def counting(data, *args, **kwargs):
+        ours = [
+            t
+            for t in tracemalloc.take_snapshot().traces
+            if t.size >= size and "lambda_function" in t.traceback[0].filename
+        ]
+        held.append(len(ours))
+        return classify(data, *args, **kwargs)
+
+    monkeypatch.setattr(bulk, "classify_bytes", counting)
+    event = {"Items": [{"Key": f"noise/{i}.jpg"} for i in range(12)], "BatchInput": {"bucket": buckets.input}}
+    tracemalloc.start()
+    try:
+        body = bulk_app.lambda_handler(event, CONTEXT)
+    finally:
+        tracemalloc.stop()
+    assert body["summary"]["PermanentFailure"] == 12
+    assert len(held) == 12 and max(held) <= FETCH_WORKERS + 1

@@ -424,11 +424,19 @@ def test_state_machine_is_a_distributed_map_with_its_knobs():
     assert state["ItemReader"]["Resource"].endswith(":states:::s3:listObjectsV2")
     assert state["ItemBatcher"]["MaxItemsPerBatch"] == 20
     assert state["ItemBatcher"]["BatchInput"] == {"bucket.$": "$.bucket"}  # what events.py reads
+    # Inputs and answers both stay under Step Functions' 256 KiB, at any MapItemsPerBatch.
+    from deploy.classify_bucket import MAX_INPUT_BYTES_PER_BATCH
+    from lambda_function.bulk import MAX_MAP_RESPONSE_BYTES
+
+    assert state["ItemBatcher"]["MaxInputBytesPerBatch"] == MAX_INPUT_BYTES_PER_BATCH < 256 * 1024
+    assert MAX_MAP_RESPONSE_BYTES < 256 * 1024
     assert (state["MaxConcurrency"], state["ToleratedFailurePercentage"]) == (50, 5)
     assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"}
     assert state["ResultWriter"]["Resource"].endswith(":states:::s3:putObject")
     task = state["ItemProcessor"]["States"][state["ItemProcessor"]["StartAt"]]
     assert task["Parameters"]["Payload.$"] == "$"
+    # Every field the selector names is in every answer of the function (a missing one fails the state).
+    assert set(task["ResultSelector"]) == {"summary.$", "results.$", "results_omitted.$"}
     # The error the function raises when a batch should be retried is the one the Retry names.
     assert task["Retry"][0]["ErrorEquals"] == [RetryLater.__name__]
     for name in values:

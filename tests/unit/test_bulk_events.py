@@ -155,7 +155,11 @@ def test_config_and_result_keys():
     config = BulkConfig.from_env({"RESULTS_BUCKET": "out", "RESULTS_PREFIX": "res/"})
     assert config.result_key(S3Item("in", "a/b c.jpg")) == "res/in/a/b c.jpg.json"
     long_key = config.result_key(S3Item("in", "k" * 1024))
-    assert long_key.startswith("res/in/_long-keys/") and len(long_key) < 200
+    assert long_key.startswith("res/_long-keys/in/") and len(long_key) < 200
+    # A short key spelled like a long key's place gets its own result object, not the long key's.
+    digest = long_key.rsplit("/", 1)[1].removesuffix(".json")
+    assert config.result_key(S3Item("in", f"_long-keys/{digest}")) == f"res/in/_long-keys/{digest}.json"
+    assert config.result_key(S3Item("in", f"_long-keys/{digest}")) != long_key
     assert config.is_own_output(S3Item("out", "res/in/x.json"))
     assert not config.is_own_output(S3Item("in", "res/in/x.json"))
     for env in ({"RESULTS_BUCKET": "out", "RESULTS_PREFIX": ""}, {"TAG_OBJECTS": "yes"}):
