@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="NUM_THREADS values to run")
     parser.add_argument("--items-per-batch", type=int, default=20)
+    parser.add_argument(
+        "--result-objects",
+        choices=("auto", "all"),
+        default="auto",
+        help="per-image result objects (auto: the default, none for a Map batch; all: one PUT each)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -90,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(images),
         "bytes": sum(p.stat().st_size for p in images),
         "items_per_batch": args.items_per_batch,
+        "result_objects": args.result_objects,
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as config_dir, moto_s3_server() as endpoint:
         os.environ.update(s3_env(endpoint, config_dir))
         os.environ.update(
-            MODEL_PATH=str(args.model), RESULTS_BUCKET=RESULTS_BUCKET, RESULTS_PREFIX="classifications/"
+            MODEL_PATH=str(args.model),
+            RESULTS_BUCKET=RESULTS_BUCKET,
+            RESULTS_PREFIX="classifications/",
+            RESULT_OBJECTS=args.result_objects,
         )
         s3 = boto3.client("s3")
         for bucket in (INPUT_BUCKET, RESULTS_BUCKET):
@@ -132,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ms_per_image": round(1000 * run.seconds / run.images, 1),
                 "classify_only_ms_per_image": round(1000 * classify_only_s / len(in_memory), 1),
                 "summary": run.summary,
-                "result_objects": written,
+                "result_objects_written": written,
                 "top1_matches_folder": f"{correct}/{run.images}",
             }
             report["runs"].append(figures)

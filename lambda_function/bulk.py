@@ -6,7 +6,8 @@ One path for the three event kinds (events.parse_bulk_event names the objects):
    ``s3://`` URL), a few downloads ahead of the classifier, never more than FETCH_WORKERS + 1 in memory;
 2. classify it (service.classify_bytes, the code path every other request takes);
 3. optionally tag the input object with its top label (TAG_OBJECTS=true; existing tags are kept);
-4. write one JSON line for it to ``s3://RESULTS_BUCKET/RESULTS_PREFIX<bucket>/<key>.json``.
+4. write one JSON line for it to ``s3://RESULTS_BUCKET/RESULTS_PREFIX<bucket>/<key>.json`` where nothing
+   else collects the answer (RESULT_OBJECTS=auto: S3 notifications only; =all: every event kind).
    The result key depends only on the input object, so re-running a job overwrites, never duplicates.
 
 Each failure is sorted into what a retry can fix (TemporaryFailure: throttling, S3 5xx, timeouts, no answer)
@@ -17,12 +18,14 @@ hit a temporary failure, because an exception is how Lambda's async retries and 
 are asked for (the already classified images are simply written again: same keys).
 
 Env: RESULTS_BUCKET (empty: results are only returned, not written), RESULTS_PREFIX (default
-``classifications/``), TAG_OBJECTS (``true``/``false``). An object under RESULTS_PREFIX of RESULTS_BUCKET is
-never classified, so results written next to the inputs cannot trigger the function again.
+``classifications/``), RESULT_OBJECTS (``auto``/``all``), TAG_OBJECTS (``true``/``false``). An object
+under RESULTS_PREFIX of RESULTS_BUCKET is never classified, so results written next to the inputs cannot
+trigger the function again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,6 +41,7 @@ from lambda_function.errors import ServingError
 from lambda_function.events import (
     MAP_BATCH,
     S3_BATCH,
+    S3_NOTIFICATION,
     BulkRequest,
     S3Item,
     parse_bulk_event,
@@ -56,6 +60,10 @@ from lambda_function.service import classify_bytes
 SUCCEEDED, TEMPORARY, PERMANENT = "Succeeded", "TemporaryFailure", "PermanentFailure"
 OUTCOME_CODES = (SUCCEEDED, TEMPORARY, PERMANENT)
 DEFAULT_RESULTS_PREFIX = "classifications/"
+# Per-image result objects: "auto" writes them only where no AWS engine collects the answers (S3
+# notifications), "all" for every event kind (one S3 PUT per image, $5 per million).
+RESULT_OBJECT_MODES = ("auto", "all")
+DEFAULT_RESULT_OBJECTS = "auto"
 # Downloads in flight ahead of the classifier: S3 latency hides behind inference.
 FETCH_WORKERS = 4
 # Stop starting new images when less than this is left of the invocation: one more fetch (10 s
@@ -97,18 +105,32 @@ class BulkConfig:
     results_bucket: str = ""
     results_prefix: str = DEFAULT_RESULTS_PREFIX
     tag_objects: bool = False
+    result_objects: str = DEFAULT_RESULT_OBJECTS
 
     @classmethod
     def from_env(cls, environ=os.environ) -> BulkConfig:
         bucket = environ.get("RESULTS_BUCKET", "").strip()
         prefix = environ.get("RESULTS_PREFIX", DEFAULT_RESULTS_PREFIX).strip()
         tag = environ.get("TAG_OBJECTS", "false").strip().lower()
+        objects = (
+            environ.get("RESULT_OBJECTS", DEFAULT_RESULT_OBJECTS).strip().lower() or DEFAULT_RESULT_OBJECTS
+        )
         if tag not in ("true", "false"):
             raise _misconfigured("TAG_OBJECTS must be true or false")
+        if objects not in RESULT_OBJECT_MODES:
+            raise _misconfigured(f"RESULT_OBJECTS must be one of {', '.join(RESULT_OBJECT_MODES)}")
         if bucket and not prefix:
             # With no prefix every object of RESULTS_BUCKET would count as a result and be skipped.
             raise _misconfigured("RESULTS_PREFIX is empty")
-        return cls(bucket, prefix, tag == "true")
+        return cls(bucket, prefix, tag == "true", objects)
+
+    def writes_objects(self, kind: str) -> bool:
+        """Whether each image of a ``kind`` event gets its own JSON line object (one S3 PUT each).
+
+        ``auto``: only for S3 notifications, whose answer nobody reads; Batch Operations' completion report
+        (resultString) and the Distributed Map's ResultWriter already collect every result. ``all``: always.
+        """
+        return bool(self.results_bucket) and (self.result_objects == "all" or kind == S3_NOTIFICATION)
 
     def is_own_output(self, item: S3Item) -> bool:
         return (
@@ -170,6 +192,8 @@ class Outcome:
         body = {"key": shown_key(self.item.key), "status": "Skipped" if self.skipped else self.code}
         if self.labels:
             body["label"], body["score"] = self.labels[0]["label"], self.labels[0]["score"]
+            # The whole answer, compact: with result objects off this entry is where the result lives.
+            body["labels"] = [[x["label"], x["score"]] for x in self.labels]
         if self.error is not None:
             body["error"] = self.error.code
         if self.skipped:
@@ -185,10 +209,12 @@ def shown_key(key: str) -> str:
     return key.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def bounded(body: dict, limit: int = MAX_MAP_RESPONSE_BYTES) -> dict:
-    """``body`` with its per-image entries shortened, then cut, until it is at most ``limit`` bytes of
-    UTF-8 JSON. The counts always stay whole; ``results_omitted`` says how many entries were cut (0 when
-    none; their JSON lines are in RESULTS_BUCKET as usual)."""
+def bounded(body: dict, limit: int | None = None) -> dict:
+    """``body`` with its per-image entries shortened, then cut from the end, until it is at most
+    ``limit`` (default MAX_MAP_RESPONSE_BYTES) bytes of UTF-8 JSON. The counts always stay whole;
+    ``results_omitted`` says how many entries were cut (0 when none): their JSON lines are in
+    RESULTS_BUCKET (handle() writes them there when result objects are otherwise off)."""
+    limit = MAX_MAP_RESPONSE_BYTES if limit is None else limit
     body = {**body, "results_omitted": 0}  # always there: the state machine's ResultSelector reads it
     if _size(body) <= limit:
         return body
@@ -257,7 +283,14 @@ def handle(
     body = {"summary": counts, "results": [o.summary() for o in outcomes]}
     if kind == MAP_BATCH and request.items:
         body["bucket"] = request.items[0].bucket
-    return bounded(body)
+    body = bounded(body)
+    omitted = outcomes[len(body["results"]) :]
+    if omitted and config.results_bucket and not config.writes_objects(kind):
+        # The answer had no room for these: their JSON lines go to RESULTS_BUCKET instead.
+        for outcome in omitted:
+            if not outcome.skipped and outcome.item.problem is None:
+                _finish(outcome, dataclasses.replace(config, tag_objects=False), limits)
+    return body
 
 
 def batch_operations_response(request: BulkRequest, outcomes: list[Outcome]) -> dict:
@@ -316,10 +349,10 @@ def classify_items(
             download = None
             outcomes.append(outcome)
             # Temporary failures are retried, so only a final answer is written.
-            write = config.results_bucket and not outcome.temporary
+            write = config.writes_objects(request.kind) and not outcome.temporary
             if not outcome.skipped and item.problem is None:
                 if write or (config.tag_objects and outcome.error is None):
-                    writes.append(pool.submit(_finish, outcome, config, limits))
+                    writes.append(pool.submit(_finish, outcome, config, limits, write))
         downloads.close()  # out of time: the downloads not started yet are cancelled
         for item in request.items[len(outcomes) :]:
             outcome = Outcome(item, skipped=_skip_reason(item, config))
@@ -399,8 +432,8 @@ def _fail(outcome: Outcome, err: ServingError) -> None:
     outcome.labels = outcome.model = None
 
 
-def _finish(outcome: Outcome, config: BulkConfig, limits: FetchLimits) -> None:
-    """Tag the input (if asked and classified), then write its JSON line (if a results bucket is set)."""
+def _finish(outcome: Outcome, config: BulkConfig, limits: FetchLimits, write: bool = True) -> None:
+    """Tag the input (if asked and classified), then write its JSON line (if ``write``)."""
     client = s3_client(limits)
     item = outcome.item
     if config.tag_objects and outcome.error is None and outcome.labels:
@@ -410,7 +443,7 @@ def _finish(outcome: Outcome, config: BulkConfig, limits: FetchLimits) -> None:
             _fail(outcome, err)
         except Exception as exc:
             _fail(outcome, s3_error(exc, "the tags of the object"))
-    if not config.results_bucket or outcome.temporary:
+    if not write or not config.results_bucket or outcome.temporary:
         return
     key = config.result_key(item)
     line = json.dumps(outcome.record(), ensure_ascii=False, separators=(",", ":")) + "\n"

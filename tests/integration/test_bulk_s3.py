@@ -71,6 +71,9 @@ def bulk_app(app, buckets, monkeypatch):
     monkeypatch.setenv("RESULTS_BUCKET", buckets.results)
     monkeypatch.setenv("RESULTS_PREFIX", PREFIX)
     monkeypatch.setenv("TAG_OBJECTS", "false")
+    # Most tests here check the per-image result objects, so every event kind writes them;
+    # the default (auto: notifications only) has its own tests below.
+    monkeypatch.setenv("RESULT_OBJECTS", "all")
     monkeypatch.setattr(app, "FETCH_LIMITS", FetchLimits(max_bytes=MAX_BYTES))
     return app
 
@@ -631,3 +634,50 @@ def test_a_batch_holds_at_most_the_images_read_ahead(bulk_app, s3, buckets, monk
         tracemalloc.stop()
     assert body["summary"]["PermanentFailure"] == 12
     assert len(held) == 12 and max(held) <= FETCH_WORKERS + 1
+
+
+# ---------------------------------------------------------------- results where the engine collects them
+
+
+def test_by_default_batch_operations_and_map_answers_carry_the_results_without_puts(
+    bulk_app, s3, buckets, monkeypatch
+):
+    monkeypatch.delenv("RESULT_OBJECTS")  # auto: per-image objects only for notifications
+    put(s3, buckets.input, "a.png", solid(RED))
+    put(s3, buckets.input, "b.png", solid(BLUE))
+
+    (a, b) = bulk_app.lambda_handler(batch_operations("2.0", buckets.input, ["a.png", "b.png"]), CONTEXT)[
+        "results"
+    ]
+    assert json.loads(a["resultString"])["labels"][0][0] == "red" and "result" not in json.loads(
+        a["resultString"]
+    )
+    event = {"Items": [{"Key": "a.png"}, {"Key": "b.png"}], "BatchInput": {"bucket": buckets.input}}
+    entries = bulk_app.lambda_handler(event, CONTEXT)["results"]
+    assert [e["labels"][0][0] for e in entries] == ["red", "blue"] and len(entries[0]["labels"]) == 3
+    assert result_keys(s3, buckets) == []  # not one PUT
+
+    bulk_app.lambda_handler(notification(buckets.input, ["a.png"]), CONTEXT)
+    assert result_keys(s3, buckets) == [f"{PREFIX}{buckets.input}/a.png.json"]  # nobody reads that answer
+
+
+def test_a_map_answer_with_no_room_writes_the_rest_as_objects(bulk_app, s3, buckets, monkeypatch):
+    from lambda_function import bulk
+
+    monkeypatch.delenv("RESULT_OBJECTS")
+    monkeypatch.setattr(bulk, "MAX_MAP_RESPONSE_BYTES", 700)  # room for about two entries
+    keys = [f"photo-{i}.png" for i in range(6)]
+    for key in keys:
+        put(s3, buckets.input, key, solid(GREEN))
+    event = {"Items": [{"Key": k} for k in keys], "BatchInput": {"bucket": buckets.input}}
+    body = bulk_app.lambda_handler(event, CONTEXT)
+    kept = [e["key"] for e in body["results"]]
+    assert body["results_omitted"] == len(keys) - len(kept) > 0
+    written = sorted(k.rsplit("/", 1)[1].removesuffix(".json") for k in result_keys(s3, buckets))
+    assert written == sorted(set(keys) - set(kept))  # every result lands somewhere, once
+
+
+def test_a_bad_result_objects_setting_is_misconfigured(bulk_app, buckets, monkeypatch):
+    monkeypatch.setenv("RESULT_OBJECTS", "some")
+    body = bulk_app.lambda_handler(batch_operations("2.0", buckets.input, ["a.png"]), CONTEXT)
+    assert body["error"]["code"] == "misconfigured" and "RESULT_OBJECTS" in body["error"]["message"]
