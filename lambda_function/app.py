@@ -3,7 +3,9 @@
 The model loads once per container, at import (Lambda's init phase), never per request. If it cannot
 load, the import still succeeds: the reason is logged and every request gets a 500 model_unavailable.
 Env: MODEL_PATH (default: the bundled ``model/model.tflite``), NUM_THREADS (default: CPU count),
-FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL; for bulk events (S3 notifications,
+FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL, MIN_CONFIDENCE (a "not sure" threshold,
+0 < t <= 1, off when unset; a request's "min_confidence" overrides it; a bad value answers every request
+with a 500 misconfigured); for bulk events (S3 notifications,
 S3 Batch Operations, Distributed Map batches: bulk.py) RESULTS_BUCKET, RESULTS_PREFIX, TAG_OBJECTS.
 """
 
@@ -18,7 +20,7 @@ from lambda_function.bulk import RetryLater
 from lambda_function.bulk import handle as handle_bulk
 from lambda_function.classifier import DEFAULT_MODEL_PATH, Classifier
 from lambda_function.errors import ServingError
-from lambda_function.events import BULK_KINDS, event_kind, parse_event, respond
+from lambda_function.events import BULK_KINDS, event_kind, min_confidence_from_env, parse_event, respond
 from lambda_function.logging_json import get_logger
 from lambda_function.metrics import request_metrics
 from lambda_function.service import DEFAULT_LIMITS, classify_bytes, classify_url, fetch_timed
@@ -112,24 +114,40 @@ def _handle(event: object, fields: dict, context: object = None) -> tuple[int, d
         return 200, handle_bulk(event, fields["kind"], get_classifier, FETCH_LIMITS, fields, remaining)
     classifier = get_classifier()
     fields["model"] = classifier.model_id
+    env_threshold = min_confidence_from_env(os.environ)
     request = parse_event(event, len(classifier.labels))
     fields["top_k"] = request.top_k
+    threshold = request.min_confidence if request.min_confidence is not None else env_threshold
+    if threshold is not None:
+        fields["min_confidence"] = threshold
     if request.image is not None:
         fields["source"] = "inline"
-        body = classify_bytes(request.image, classifier, request.top_k)
+        body = classify_bytes(request.image, classifier, request.top_k, min_confidence=threshold)
     elif request.batch:
         fields["hosts"] = [_host(url) for url in request.urls]
-        results = _classify_batch(request.urls, classifier, request.top_k)
+        results = _classify_batch(request.urls, classifier, request.top_k, threshold)
         fields["statuses"] = [r["error"]["status"] if "error" in r else 200 for r in results]
+        _count_low_confidence(fields, results)
         return 200, {"results": results}
     else:
         fields["hosts"] = [_host(request.urls[0])]
-        body = classify_url(request.urls[0], classifier, request.top_k, FETCH_LIMITS)
+        body = classify_url(
+            request.urls[0], classifier, request.top_k, FETCH_LIMITS, min_confidence=threshold
+        )
     fields["timings_ms"] = body["timings_ms"]
+    _count_low_confidence(fields, [body])
     return 200, body
 
 
-def _classify_batch(urls: tuple[object, ...], classifier: Classifier, top_k: int) -> list[dict]:
+def _count_low_confidence(fields: dict, bodies: list[dict]) -> None:
+    """Images answered "not sure" (the LowConfidence metric); only when a threshold was in force."""
+    if "min_confidence" in fields:
+        fields["low_confidence"] = sum(1 for body in bodies if body.get("confident") is False)
+
+
+def _classify_batch(
+    urls: tuple[object, ...], classifier: Classifier, top_k: int, min_confidence: float | None = None
+) -> list[dict]:
     """One body per URL, in order; a failing URL yields its error body and does not stop the others."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -139,7 +157,9 @@ def _classify_batch(urls: tuple[object, ...], classifier: Classifier, top_k: int
         for i, future in enumerate(futures):
             try:
                 data, fetch_ms = future.result()
-                results.append(classify_bytes(data, classifier, top_k, fetch_ms=fetch_ms))
+                results.append(
+                    classify_bytes(data, classifier, top_k, fetch_ms=fetch_ms, min_confidence=min_confidence)
+                )
             except ServingError as err:
                 results.append(err.to_body())
             except Exception:

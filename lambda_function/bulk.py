@@ -18,8 +18,10 @@ hit a temporary failure, because an exception is how Lambda's async retries and 
 are asked for (the already classified images are simply written again: same keys).
 
 Env: RESULTS_BUCKET (empty: results are only returned, not written), RESULTS_PREFIX (default
-``classifications/``), RESULT_OBJECTS (``auto``/``all``), TAG_OBJECTS (``true``/``false``). An object
-under RESULTS_PREFIX of RESULTS_BUCKET is never classified, so results written next to the inputs cannot
+ ``classifications/``), RESULT_OBJECTS (``auto``/``all``), TAG_OBJECTS (``true``/``false``),
+MIN_CONFIDENCE (as for every request; a job's own ``min_confidence`` overrides it): under it a line says
+``"confident": false, "label": null`` and the input gets no ``classifier-label`` tag. An object under
+RESULTS_PREFIX of RESULTS_BUCKET is never classified, so results written next to the inputs cannot
 trigger the function again.
 """
 
@@ -34,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lambda_function.classifier import Classifier
 from lambda_function.errors import ServingError
@@ -44,6 +46,7 @@ from lambda_function.events import (
     S3_NOTIFICATION,
     BulkRequest,
     S3Item,
+    min_confidence_from_env,
     parse_bulk_event,
 )
 from lambda_function.fetch import (
@@ -55,7 +58,7 @@ from lambda_function.fetch import (
     s3_error,
 )
 from lambda_function.logging_json import get_logger
-from lambda_function.service import classify_bytes
+from lambda_function.service import classify_bytes, decision
 
 SUCCEEDED, TEMPORARY, PERMANENT = "Succeeded", "TemporaryFailure", "PermanentFailure"
 OUTCOME_CODES = (SUCCEEDED, TEMPORARY, PERMANENT)
@@ -106,6 +109,7 @@ class BulkConfig:
     results_prefix: str = DEFAULT_RESULTS_PREFIX
     tag_objects: bool = False
     result_objects: str = DEFAULT_RESULT_OBJECTS
+    min_confidence: float | None = None
 
     @classmethod
     def from_env(cls, environ=os.environ) -> BulkConfig:
@@ -122,7 +126,7 @@ class BulkConfig:
         if bucket and not prefix:
             # With no prefix every object of RESULTS_BUCKET would count as a result and be skipped.
             raise _misconfigured("RESULTS_PREFIX is empty")
-        return cls(bucket, prefix, tag == "true", objects)
+        return cls(bucket, prefix, tag == "true", objects, min_confidence_from_env(environ))
 
     def writes_objects(self, kind: str) -> bool:
         """Whether each image of a ``kind`` event gets its own JSON line object (one S3 PUT each).
@@ -164,6 +168,12 @@ class Outcome:
     etag: str | None = None
     version_id: str | None = None
     result_uri: str | None = None
+    # {"label", "confident", "min_confidence"} when a threshold was in force (service.decision)
+    decision: dict | None = None
+
+    @property
+    def not_sure(self) -> bool:
+        return self.decision is not None and not self.decision["confident"]
 
     @property
     def code(self) -> str:
@@ -182,6 +192,7 @@ class Outcome:
             "version_id": self.version_id or self.item.version_id,
             "etag": self.etag or self.item.etag,
             "model": self.model,
+            **(self.decision or {}),
             "labels": self.labels,
             "error": error,
             "classified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -194,6 +205,8 @@ class Outcome:
             body["label"], body["score"] = self.labels[0]["label"], self.labels[0]["score"]
             # The whole answer, compact: with result objects off this entry is where the result lives.
             body["labels"] = [[x["label"], x["score"]] for x in self.labels]
+        if self.decision is not None:
+            body["label"], body["confident"] = self.decision["label"], self.decision["confident"]
         if self.error is not None:
             body["error"] = self.error.code
         if self.skipped:
@@ -268,10 +281,15 @@ def handle(
     fields["items"] = len(request.items)
     if request.job_id:
         fields["job_id"] = request.job_id
+    if request.min_confidence is not None:
+        config = replace(config, min_confidence=request.min_confidence)
     outcomes = classify_items(request, classifier, model_error, config, limits, remaining_ms)
     counts = {code: sum(o.code == code and not o.skipped for o in outcomes) for code in OUTCOME_CODES}
     counts["Skipped"] = sum(bool(o.skipped) for o in outcomes)
     fields["outcomes"] = counts
+    if config.min_confidence is not None:
+        fields["min_confidence"] = config.min_confidence
+        fields["low_confidence"] = sum(o.not_sure for o in outcomes)
     if kind == S3_BATCH:
         return batch_operations_response(request, outcomes)
     if counts[TEMPORARY]:
@@ -313,6 +331,8 @@ def result_string(outcome: Outcome, limit: int = MAX_RESULT_STRING_CHARS) -> str
         text = f"{outcome.error.code}: {outcome.error.message}"
         return text if len(text) <= limit else text[: limit - 3] + "..."
     body: dict = {"labels": [[x["label"], x["score"]] for x in outcome.labels or []], "model": outcome.model}
+    if outcome.decision is not None:
+        body["confident"] = outcome.decision["confident"]
     if outcome.result_uri:
         body["result"] = outcome.result_uri
     text = _compact(body)
@@ -385,6 +405,8 @@ def _classify_one(
         outcome.etag, outcome.version_id = _unquote(meta.get("etag")), meta.get("version_id")
         body = classify_bytes(data, classifier, top_k)
         outcome.labels, outcome.model = body["predictions"], body["model"]
+        if config.min_confidence is not None:
+            outcome.decision = decision(outcome.labels, config.min_confidence)
     except ServingError as err:
         _fail(outcome, err)
     except Exception:
@@ -429,7 +451,7 @@ def _fail(outcome: Outcome, err: ServingError) -> None:
     # every outcome to the end (1,000 failed images of 10 MB each would all stay in memory).
     outcome.error = ServingError(err.status, err.code, err.message)
     outcome.temporary = is_temporary(err)
-    outcome.labels = outcome.model = None
+    outcome.labels = outcome.model = outcome.decision = None
 
 
 def _finish(outcome: Outcome, config: BulkConfig, limits: FetchLimits, write: bool = True) -> None:
@@ -468,6 +490,11 @@ def _tag(client, item: S3Item, outcome: Outcome) -> None:
         f"{TAG_PREFIX}score": f"{outcome.labels[0]['score']:.3f}",
         f"{TAG_PREFIX}model": _tag_value(outcome.model or ""),
     }
+    if outcome.decision is not None:
+        # "Not sure": no label tag at all, so a filter on classifier-label never picks the image up.
+        ours[f"{TAG_PREFIX}confident"] = "true" if outcome.decision["confident"] else "false"
+        if outcome.not_sure:
+            del ours[f"{TAG_PREFIX}label"]
     kept = [t for t in existing if not t["Key"].startswith(TAG_PREFIX)]
     if len(kept) + len(ours) > MAX_TAGS:
         raise ServingError(

@@ -10,14 +10,16 @@ Pure functions, no I/O. Event kinds:
   notifications, S3 Batch Operations, a Step Functions Distributed Map batch); parsed into a
   :class:`BulkRequest` by :func:`parse_bulk_event` and answered by bulk.py
 
-A proxy body is either JSON (``{"url": ...}`` or ``{"urls": [...]}``, optional ``top_k``) or the image
-itself, raw or base64 (``isBase64Encoded``). A GET may pass ``?url=...&top_k=...`` instead.
+A proxy body is either JSON (``{"url": ...}`` or ``{"urls": [...]}``, optional ``top_k`` and
+``min_confidence``) or the image itself, raw or base64 (``isBase64Encoded``). A GET may pass
+``?url=...&top_k=...&min_confidence=...`` instead.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import math
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -33,6 +35,11 @@ MAX_INLINE_IMAGE_BYTES = 6 * 1024 * 1024
 MAX_ECHO_CHARS = 80
 # More digits than any top_k can have: int() of a longer string is skipped (Python refuses 4300+).
 MAX_TOP_K_DIGITS = 6
+# A "not sure" answer: the lowest top-1 score accepted as the answer, 0 < t <= 1, from the request's
+# "min_confidence", else env MIN_CONFIDENCE; unset (the default) leaves every response as it was.
+MIN_CONFIDENCE_ENV = "MIN_CONFIDENCE"
+# Longer than any number a person writes for a threshold; bounds float() on query-string text.
+MAX_MIN_CONFIDENCE_CHARS = 32
 
 DIRECT, BATCH, PROXY_V1, PROXY_V2 = "direct", "batch", "proxy_v1", "proxy_v2"
 PROXY_KINDS = frozenset({PROXY_V1, PROXY_V2})
@@ -57,6 +64,8 @@ class Request:
     top_k: int = DEFAULT_TOP_K
     # True when the caller sent a list: the response is {"results": [...]} even for one URL.
     batch: bool = False
+    # The request's own threshold (None: env MIN_CONFIDENCE, else none).
+    min_confidence: float | None = None
 
     @property
     def is_proxy(self) -> bool:
@@ -117,6 +126,7 @@ def respond(kind: str, status: int, body: dict) -> dict:
 
 def _parse_json_request(payload: dict, kind: str, num_labels: int) -> Request:
     top_k = parse_top_k(payload.get("top_k"), num_labels)
+    threshold = parse_min_confidence(payload.get("min_confidence"))
     has_url, has_urls = "url" in payload, "urls" in payload
     if has_url and has_urls:
         raise ServingError(400, "invalid_request", "Send either 'url' or 'urls', not both.")
@@ -132,8 +142,8 @@ def _parse_json_request(payload: dict, kind: str, num_labels: int) -> Request:
             raise ServingError(
                 400, "too_many_urls", f"'urls' has {len(urls)} items; the limit is {MAX_BATCH_URLS}."
             )
-        return Request(kind=kind, urls=tuple(urls), top_k=top_k, batch=True)
-    return Request(kind=kind, urls=(check_url(payload.get("url")),), top_k=top_k)
+        return Request(kind=kind, urls=tuple(urls), top_k=top_k, batch=True, min_confidence=threshold)
+    return Request(kind=kind, urls=(check_url(payload.get("url")),), top_k=top_k, min_confidence=threshold)
 
 
 def parse_top_k(value: object, num_labels: int) -> int:
@@ -153,6 +163,48 @@ def parse_top_k(value: object, num_labels: int) -> int:
     return value
 
 
+def parse_min_confidence(value: object) -> float | None:
+    """``min_confidence`` from a request: a number greater than 0 and at most 1; absent -> None (off).
+
+    Query strings carry text; JSON must carry a number (not a bool, not NaN or Infinity, which Python's
+    JSON reader accepts).
+    """
+    if value is None:
+        return None
+    number = value
+    if isinstance(value, str) and len(value) <= MAX_MIN_CONFIDENCE_CHARS:
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, int | float)
+        or not (isinstance(number, int) or math.isfinite(number))
+        or not 0 < number <= 1
+    ):
+        raise ServingError(
+            400,
+            "invalid_min_confidence",
+            f"'min_confidence' must be a number greater than 0 and at most 1, not {_describe(value)}.",
+        )
+    return float(number)
+
+
+def min_confidence_from_env(environ) -> float | None:
+    """Env MIN_CONFIDENCE (unset or empty: None); a bad value is the deployment's fault: 500 misconfigured."""
+    raw = environ.get(MIN_CONFIDENCE_ENV, "").strip()
+    try:
+        return parse_min_confidence(raw) if raw else None
+    except ServingError:
+        raise ServingError(
+            500,
+            "misconfigured",
+            f"The function is misconfigured: {MIN_CONFIDENCE_ENV} must be a number greater than 0 and "
+            f"at most 1, not {_describe(raw)}.",
+        ) from None
+
+
 def _parse_proxy(event: dict, kind: str, num_labels: int) -> Request:
     headers = event.get("headers")
     headers = {str(k).lower(): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
@@ -161,7 +213,7 @@ def _parse_proxy(event: dict, kind: str, num_labels: int) -> Request:
     body = event.get("body")
     if body is None or body == "":
         if "url" in query:
-            payload = {"url": query.get("url"), "top_k": query.get("top_k")}
+            payload = {k: query.get(k) for k in ("url", "top_k", "min_confidence")}
             return _parse_json_request(payload, kind, num_labels)
         raise ServingError(
             400, "missing_body", "Send an image, a JSON body with a 'url', or a '?url=' query parameter."
@@ -180,10 +232,15 @@ def _parse_proxy(event: dict, kind: str, num_labels: int) -> Request:
             raise ServingError(400, "invalid_json", "The request body is not valid JSON.") from None
         if not isinstance(payload, dict):
             raise ServingError(400, "invalid_request", "The JSON body must be an object with a 'url'.")
-        if "top_k" not in payload and "top_k" in query:
-            payload = {**payload, "top_k": query["top_k"]}
+        # The body's own fields win over the query string's.
+        payload = {**{k: query[k] for k in ("top_k", "min_confidence") if k in query}, **payload}
         return _parse_json_request(payload, kind, num_labels)
-    return Request(kind=kind, image=data, top_k=parse_top_k(query.get("top_k"), num_labels))
+    return Request(
+        kind=kind,
+        image=data,
+        top_k=parse_top_k(query.get("top_k"), num_labels),
+        min_confidence=parse_min_confidence(query.get("min_confidence")),
+    )
 
 
 def _base64_flag(value: object) -> bool:
@@ -278,6 +335,8 @@ class BulkRequest:
     invocation_id: str | None = None  # S3 Batch Operations: echoed back with its schema version
     schema_version: str | None = None
     job_id: str | None = None
+    # The job's own threshold (S3 Batch Operations userArguments, Distributed Map BatchInput).
+    min_confidence: float | None = None
 
 
 def parse_bulk_event(event: dict, kind: str, num_labels: int) -> BulkRequest:
@@ -317,6 +376,7 @@ def _parse_s3_batch(event: dict, num_labels: int) -> BulkRequest:
     arguments = job.get("userArguments") if version == "2.0" else None
     arguments = arguments if isinstance(arguments, dict) else {}
     top_k = parse_top_k(arguments.get("top_k"), num_labels)
+    threshold = parse_min_confidence(arguments.get("min_confidence"))
     items = []
     for task in _bulk_list(event.get("tasks"), "tasks"):
         task_id = task.get("taskId") if isinstance(task, dict) else None
@@ -343,23 +403,26 @@ def _parse_s3_batch(event: dict, num_labels: int) -> BulkRequest:
         invocation_id=invocation_id,
         schema_version=version,
         job_id=job.get("id") if isinstance(job.get("id"), str) else None,
+        min_confidence=threshold,
     )
 
 
 def _parse_map_batch(event: dict, num_labels: int) -> BulkRequest:
-    # {"Items": [...], "BatchInput": {"bucket": ..., "top_k": ...}} from an ItemBatcher over s3:listObjectsV2.
+    # {"Items": [...], "BatchInput": {"bucket": ..., "top_k": ..., "min_confidence": ...}} from an
+    # ItemBatcher over s3:listObjectsV2.
     batch_input = event.get("BatchInput") if isinstance(event.get("BatchInput"), dict) else {}
     bucket = batch_input.get("bucket")
     if not isinstance(bucket, str) or not bucket:
         raise ServingError(400, "invalid_event", "A Distributed Map batch needs 'BatchInput.bucket'.")
     top_k = parse_top_k(batch_input.get("top_k"), num_labels)
+    threshold = parse_min_confidence(batch_input.get("min_confidence"))
     items = []
     for entry in _bulk_list(event.get("Items"), "Items"):
         entry = entry if isinstance(entry, dict) else {}
         # listObjectsV2 keys are verbatim, not URL-encoded.
         key = entry.get("Key")
         items.append(_item(bucket, key, None, entry.get("Etag"), entry.get("Size"), decode=False))
-    return BulkRequest(MAP_BATCH, tuple(items), top_k)
+    return BulkRequest(MAP_BATCH, tuple(items), top_k, min_confidence=threshold)
 
 
 def _bulk_list(value: object, name: str) -> list:

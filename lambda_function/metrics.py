@@ -7,6 +7,8 @@ Metrics (namespace :data:`NAMESPACE`):
 * by ``ModelId`` and ``EventKind``: ``Requests``, ``Errors`` (requests answered with status >= 400),
   ``Latency`` (the whole handler) and, when the request got that far, ``FetchLatency``,
   ``PreprocessLatency``, ``InferenceLatency``; for batches ``BatchItems`` and ``BatchItemErrors``;
+  when a confidence threshold was in force (MIN_CONFIDENCE or a request's ``min_confidence``),
+  ``LowConfidence``: the images answered "not sure" (0 when every one was confident);
 * by ``EventKind`` and ``StatusCode``: ``Requests``;
 * by ``EventKind`` and ``ErrorCode`` (error responses only): ``Errors``.
 
@@ -43,7 +45,8 @@ def request_metrics(fields: dict, now_ms: int | None = None) -> dict:
     """The EMF members for the request log line described by ``fields`` (see app.lambda_handler).
 
     Returns top-level members to merge into the line: ``_aws``, the dimension values and the metric
-    values. Uses ``kind``, ``status``, ``code``, ``model``, ``duration_ms``, ``timings_ms``, ``statuses``.
+    values. Uses ``kind``, ``status``, ``code``, ``model``, ``duration_ms``, ``timings_ms``, ``statuses``,
+    ``low_confidence``.
     """
     status = fields.get("status", 500)
     failed = not isinstance(status, int) or status >= 400  # a status we cannot read is not a success
@@ -69,6 +72,10 @@ def request_metrics(fields: dict, now_ms: int | None = None) -> dict:
         members["BatchItems"] = len(statuses)
         members["BatchItemErrors"] = sum(1 for s in statuses if s != 200)
         main += [("BatchItems", "Count"), ("BatchItemErrors", "Count")]
+    low = fields.get("low_confidence")
+    if isinstance(low, int) and not isinstance(low, bool):
+        members["LowConfidence"] = low
+        main.append(("LowConfidence", "Count"))
 
     directives = [
         _directive([["ModelId", "EventKind"]], main),

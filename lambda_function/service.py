@@ -15,15 +15,28 @@ DEFAULT_LIMITS = FetchLimits()
 TIMING_DIGITS = 1
 
 
-def classify_bytes(data: bytes, classifier: Classifier, top_k: int, *, fetch_ms: float = 0.0) -> dict:
-    """Decode, resize and classify one image; raise ServingError for bad images."""
+def classify_bytes(
+    data: bytes,
+    classifier: Classifier,
+    top_k: int,
+    *,
+    fetch_ms: float = 0.0,
+    min_confidence: float | None = None,
+) -> dict:
+    """Decode, resize and classify one image; raise ServingError for bad images.
+
+    With ``min_confidence`` the body opens with the decision (:func:`decision`); without it the body is
+    exactly what it was before thresholds existed.
+    """
     started = time.perf_counter()
     pixels = preprocess(data, classifier.input_size, classifier.resize)
     decoded = time.perf_counter()
     probs = classifier.predict(pixels)
     done = time.perf_counter()
+    predictions = classifier.top_k(probs, top_k)
     return {
-        "predictions": classifier.top_k(probs, top_k),
+        **(decision(predictions, min_confidence) if min_confidence is not None else {}),
+        "predictions": predictions,
         "scores": classifier.scores(probs),
         "model": classifier.model_id,
         "timings_ms": {
@@ -31,6 +44,19 @@ def classify_bytes(data: bytes, classifier: Classifier, top_k: int, *, fetch_ms:
             "preprocess": _ms(started, decoded),
             "inference": _ms(decoded, done),
         },
+    }
+
+
+def decision(predictions: list[dict], min_confidence: float) -> dict:
+    """The answer under a threshold: ``label`` is the top label only if its score (as the response
+    shows it) reaches ``min_confidence``, else None with ``confident: false``: "not sure", never a
+    label a client could take for an answer. The top-k list stays in the body either way."""
+    top = predictions[0]
+    confident = top["score"] >= min_confidence
+    return {
+        "label": top["label"] if confident else None,
+        "confident": confident,
+        "min_confidence": min_confidence,
     }
 
 
@@ -50,9 +76,10 @@ def classify_url(
     top_k: int,
     limits: FetchLimits = DEFAULT_LIMITS,
     allowed_hosts: frozenset[str] | None = None,
+    min_confidence: float | None = None,
 ) -> dict:
     data, fetch_ms = fetch_timed(url, limits, allowed_hosts)
-    return classify_bytes(data, classifier, top_k, fetch_ms=fetch_ms)
+    return classify_bytes(data, classifier, top_k, fetch_ms=fetch_ms, min_confidence=min_confidence)
 
 
 def _ms(start: float, end: float) -> float:

@@ -197,6 +197,7 @@ def test_notification_with_several_records_writes_one_line_per_image(bulk_app, s
         assert line["bucket"] == buckets.input and line["key"] == key
         assert line["etag"] == etags[name] and line["model"] == model and line["error"] is None
         assert len(line["labels"]) == 3 and line["labels"][0]["label"] == expected_label[colours[name]]
+        assert "confident" not in line  # no threshold set: the line is as it always was
     assert len(result_keys(s3, buckets)) == 4
 
 
@@ -681,3 +682,45 @@ def test_a_bad_result_objects_setting_is_misconfigured(bulk_app, buckets, monkey
     monkeypatch.setenv("RESULT_OBJECTS", "some")
     body = bulk_app.lambda_handler(batch_operations("2.0", buckets.input, ["a.png"]), CONTEXT)
     assert body["error"]["code"] == "misconfigured" and "RESULT_OBJECTS" in body["error"]["message"]
+# ---------------------------------------------------------------- a "not sure" answer (MIN_CONFIDENCE)
+
+
+def test_not_sure_in_result_lines_summaries_reports_and_tags(bulk_app, s3, buckets, monkeypatch, capsys):
+    # The tiny model scores 1/3 for each label on grey, 0.99999 red on red.
+    put(s3, buckets.input, "photos/grey.png", solid((128, 128, 128)))
+    put(s3, buckets.input, "photos/red.png", solid(RED))
+    event = map_batch(s3, buckets.input, "photos/")
+    event["BatchInput"]["min_confidence"] = 0.5
+    response = bulk_app.lambda_handler(event, CONTEXT)
+    by_key = {r["key"]: r for r in response["results"]}
+    assert (by_key["photos/grey.png"]["label"], by_key["photos/grey.png"]["confident"]) == (None, False)
+    assert (by_key["photos/red.png"]["label"], by_key["photos/red.png"]["confident"]) == ("red", True)
+    assert len(by_key["photos/grey.png"]["labels"]) == 3  # the top-k list stays
+    assert response["summary"]["Succeeded"] == 2  # "not sure" is an answer, not a failure
+    request = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"message": "request"' in x]
+    assert request[-1]["LowConfidence"] == 1
+
+    # The function's env sets it for notifications; the label tag goes only on confident images.
+    monkeypatch.setenv("MIN_CONFIDENCE", "0.5")
+    monkeypatch.setenv("TAG_OBJECTS", "true")
+    bulk_app.lambda_handler(notification(buckets.input, ["photos/grey.png", "photos/red.png"]), CONTEXT)
+    grey = result_line(s3, buckets, "photos/grey.png")
+    assert (grey["label"], grey["confident"], grey["min_confidence"]) == (None, False, 0.5)
+    assert len(grey["labels"]) == 3
+    tags = {
+        key: {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=buckets.input, Key=key)["TagSet"]}
+        for key in ("photos/grey.png", "photos/red.png")
+    }
+    assert "classifier-label" not in tags["photos/grey.png"]
+    assert tags["photos/grey.png"]["classifier-confident"] == "false"
+    assert (tags["photos/red.png"]["classifier-label"], tags["photos/red.png"]["classifier-confident"]) == (
+        "red",
+        "true",
+    )
+
+    # S3 Batch Operations: the completion report's resultString says so too.
+    monkeypatch.setenv("TAG_OBJECTS", "false")
+    batch = batch_operations("2.0", buckets.input, ["photos/grey.png"])
+    batch["job"]["userArguments"]["min_confidence"] = "0.9"
+    (result,) = bulk_app.lambda_handler(batch, CONTEXT)["results"]
+    assert result["resultCode"] == "Succeeded" and json.loads(result["resultString"])["confident"] is False

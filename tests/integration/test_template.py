@@ -32,6 +32,7 @@ from lambda_function.events import (
     event_kind,
     parse_bulk_event,
     parse_event,
+    parse_min_confidence,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,6 +290,14 @@ def test_parameters_reach_the_function():
     assert variables["NUM_THREADS"] == {"Ref": "NumThreads"}
     # Local-testing knobs never reach a deployment.
     assert "FETCH_ALLOWED_HOSTS" not in variables and "MODEL_PATH" not in variables
+    # The "not sure" threshold: off by default, and only values the function accepts get through.
+    assert variables["MIN_CONFIDENCE"] == {"Ref": "MinConfidence"}
+    assert parameters["MinConfidence"]["Default"] == ""
+    pattern = re.compile(parameters["MinConfidence"]["AllowedPattern"])
+    for value in ("", "0.5", ".75", "1", "1.0", "0.05"):
+        assert pattern.fullmatch(value) and (not value or parse_min_confidence(value) == float(value))
+    for value in ("0", "0.0", "1.5", "2", "high", "-0.5", "0.5 "):
+        assert not pattern.fullmatch(value), value
     # The S3 read grant exists only when a bucket is named.
     assert template["Conditions"]["HasS3Bucket"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "S3BucketName"}, ""]}]

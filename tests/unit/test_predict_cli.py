@@ -82,6 +82,7 @@ def test_loopback_url_needs_the_allow_list(tiny_model_path, allowed_server):
     refused = run_cli(url, "--model", str(tiny_model_path), env={"FETCH_ALLOWED_HOSTS": ""})
     assert refused.returncode == 1
     assert "url_refused" in refused.stderr
+    assert "FETCH_ALLOWED_HOSTS=127.0.0.1:" in refused.stderr  # the hint names the switch
     assert allowed_server.requests == ["/red.png"]  # the refused run never connected
 
 
@@ -121,7 +122,69 @@ def test_missing_model_is_exit_2(images, tmp_path):
 def test_bad_top_k_is_exit_2(tiny_model_path, images):
     result = run_cli(str(images["red"]), "--model", str(tiny_model_path), "--top-k", "9")
     assert result.returncode == 2
-    assert "top_k" in result.stderr
+    # Named as the user typed it, not as the API field.
+    assert "--top-k 9 is more than the model's 3 labels" in result.stderr and "top_k" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--top-k", "0"), ("--top-k", "-1"), ("--top-k", "two"), ("--min-confidence", "0")]
+    + [("--min-confidence", v) for v in ("1.5", "-0.2", "nan", "inf", "high")],
+)
+def test_flags_are_checked_before_the_model_loads(images, tmp_path, flag, value):
+    # The model does not exist: a flag error must come first, and name the flag.
+    missing = tmp_path / "absent.tflite"
+    result = run_cli(str(images["red"]), "--model", str(missing), f"{flag}={value}")
+    assert result.returncode == 2
+    assert f"argument {flag}:" in result.stderr and repr(value) in result.stderr
+    assert "absent.tflite" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_lists_the_exit_codes():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    text = result.stdout
+    assert "exit status:" in text
+    for code in ("0  every input was classified", "1  at least one input failed", "2  bad arguments"):
+        assert code in text
+    assert "--min-confidence" in text and "--verbose" in text
+
+
+def test_an_unknown_scheme_says_so(tiny_model_path):
+    result = run_cli("ftp://example.com/shoe.jpg", "--model", str(tiny_model_path), "--json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["error"]["code"] == "unsupported_scheme"
+    assert "'ftp' is not allowed" in result.stderr and "file_not_found" not in result.stderr
+
+
+def test_no_runtime_info_lines_unless_asked(tiny_model_path, images):
+    quiet = run_cli(str(images["red"]), "--model", str(tiny_model_path))
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert "INFO" not in quiet.stdout
+    verbose = run_cli(str(images["red"]), "--model", str(tiny_model_path), "--verbose")
+    assert verbose.returncode == 0
+    # XNNPACK announces itself when it takes the graph, which it does for the tiny model.
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate" in verbose.stderr
+    assert verbose.stdout.splitlines()[1:] == quiet.stdout.splitlines()[1:]  # the same answer
+
+
+def test_min_confidence_says_not_sure_and_keeps_the_top_k(tiny_model_path, tmp_path):
+    grey = tmp_path / "grey.png"  # the tiny model's three scores are equal on grey: 0.33 each
+    grey.write_bytes(solid((128, 128, 128)))
+    red = tmp_path / "red.png"
+    red.write_bytes(solid(RED))
+    args = [str(red), str(grey), "--model", str(tiny_model_path), "--min-confidence", "0.5"]
+    result = run_cli(*args, "--json")
+    assert result.returncode == 0, result.stderr  # "not sure" is an answer, not a failure
+    sure, unsure = (json.loads(line) for line in result.stdout.splitlines())
+    assert (sure["label"], sure["confident"], sure["min_confidence"]) == ("red", True, 0.5)
+    assert (unsure["label"], unsure["confident"]) == (None, False)
+    assert len(unsure["predictions"]) == 3 and unsure["predictions"][0]["score"] < 0.5
+    table = run_cli(*args).stdout
+    assert table.count("not sure") == 1 and "--min-confidence 0.5" in table
+    # Without the flag the JSON is as it always was.
+    plain = json.loads(run_cli(str(grey), "--model", str(tiny_model_path), "--json").stdout)
+    assert set(plain) == {"input", "predictions", "scores", "model", "timings_ms"}
 
 
 def test_package_main_runs_the_same_cli(tiny_model_path, images):
