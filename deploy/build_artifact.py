@@ -19,6 +19,8 @@ import argparse
 import atexit
 import compileall
 import fnmatch
+import json
+import platform as host
 import py_compile
 import shutil
 import subprocess
@@ -78,6 +80,11 @@ PYC_MODE = "UNCHECKED_HASH"
 SIZE_BUDGET_BYTES = 160 * 1000 * 1000
 # Lambda refuses a deployment package (function code and layers) over this, unzipped: a build error.
 LAMBDA_UNZIPPED_LIMIT_BYTES = 250 * 1024 * 1024
+# What was built, written into the artifact's root: `make deploy` reads the architecture from here
+# (deploy/check_build.py), never from a variable, so it cannot ship arm64 wheels as an x86_64 function.
+BUILD_INFO_NAME = "build-info.json"
+# Lambda's architecture name -> the e_machine its shared libraries carry (deploy/abi_gate.py's names).
+ELF_MACHINE = {"x86_64": "x86_64", "arm64": "aarch64"}
 
 
 class BuildError(RuntimeError):
@@ -95,6 +102,18 @@ class Artifact:
     bytecode: bool
     # ELF files the ABI gate checked (None: the gate did not run)
     abi_checked: int | None = None
+    # e_machine -> how many shipped ELF files carry it (None: the gate did not run)
+    elf_machines: dict[str, int] | None = None
+
+    def info(self) -> dict:
+        """The build-info.json record: what a deploy must agree with."""
+        return {
+            "platform": self.platform,
+            "arch": self.arch,
+            "python_version": self.python_version,
+            "elf_machines": self.elf_machines,
+            "bytecode": self.bytecode,
+        }
 
 
 def pip_install_command(
@@ -286,6 +305,8 @@ def build_artifact(
                 f"not {python_version}; run it with that Python instead"
             )
         python_version = local_version
+        # The wheels are this machine's, whatever --arch says.
+        arch = {machine: name for name, machine in ELF_MACHINE.items()}.get(host.machine(), host.machine())
     elif platform == "lambda":
         if arch not in LAMBDA_PLATFORM_TAGS:
             raise BuildError(f"Unknown architecture {arch!r}; expected one of {sorted(LAMBDA_PLATFORM_TAGS)}")
@@ -311,7 +332,10 @@ def build_artifact(
         install_dependencies(Path(requirements), out, platform, python_version, arch)
     copy_package(Path(package), out)
     pruned = prune(out)
-    checked = check_abi(out) if (platform == "lambda" if gate is None else gate) else None
+    checked = machines = None
+    if platform == "lambda" if gate is None else gate:
+        checked = check_abi(out)
+        machines = check_machines(out, arch)
     if bytecode:
         compile_bytecode(out)
     size = directory_size(out)
@@ -320,7 +344,9 @@ def build_artifact(
             f"the artifact is {size / 1e6:.1f} MB unzipped; Lambda refuses more than "
             f"{LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB. Fix: a smaller wheel (see ARCH_PINS) or model."
         )
-    return Artifact(out, size, platform, python_version, arch, pruned, bytecode, checked)
+    artifact = Artifact(out, size, platform, python_version, arch, pruned, bytecode, checked, machines)
+    (out / BUILD_INFO_NAME).write_text(json.dumps(artifact.info(), indent=2) + "\n", encoding="utf-8")
+    return artifact
 
 
 def load_abi_gate():
@@ -358,6 +384,28 @@ def check_abi(root: Path) -> int:
             f'(the import fails there with "version ... not found"):\n{lines}'
         )
     return checked
+
+
+def check_machines(root: Path, arch: str) -> dict[str, int]:
+    """e_machine -> count over the artifact's ELF files; BuildError if any is not ``arch``'s."""
+    gate = load_abi_gate()
+    counts: dict[str, int] = {}
+    foreign = []
+    for path in gate.elf_files(root):
+        try:
+            machine = gate.read_elf(path).machine
+        except gate.NotElf:
+            continue
+        counts[machine] = counts.get(machine, 0) + 1
+        if machine != ELF_MACHINE.get(arch):
+            foreign.append(f"  {path.relative_to(root)}: {machine}")
+    if foreign:
+        raise BuildError(
+            f"the artifact is for {arch} but {len(foreign)} of its libraries are not "
+            f"({ELF_MACHINE.get(arch)} expected); they would fail to load on Lambda:\n"
+            + "\n".join(foreign[:10])
+        )
+    return counts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
