@@ -6,6 +6,11 @@ DATA_REPO   ?= https://github.com/alexeygrigorev/clothing-dataset-small
 WEIGHTS     ?= imagenet
 TRAIN_DIR   ?= artifacts/train
 EXPORT_DIR  ?= artifacts/export
+# Where make convert installs the chosen model and make model-card measures it (the one the function serves).
+MODEL_DIR   ?= lambda_function/model
+# Extra options, e.g. TRAIN_ARGS="--epochs 30 --image-size 299" (python -m train --help), CONVERT_ARGS="--install tflite-int8".
+TRAIN_ARGS   ?=
+CONVERT_ARGS ?=
 ARCH        ?= x86_64
 EVENT       ?= events/direct.json
 # make invoke without Docker: URLs in EVENT are served from this folder on loopback (empty: the real URLs).
@@ -89,16 +94,17 @@ data: ## [train] Clone the dataset into DATA_DIR unless it is already there
 	else git clone --depth 1 $(DATA_REPO) $(DATA_DIR); fi
 
 train: $(DEV_VENV)/.installed ## [train] Xception transfer learning on DATA_DIR/{train,validation,test}/<class>/ with WEIGHTS -> TRAIN_DIR
-	$(DEV_PY) -m train --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR) --weights $(WEIGHTS)
+	$(DEV_PY) -m train --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR) --weights $(WEIGHTS) $(TRAIN_ARGS)
 
 evaluate: $(DEV_VENV)/.installed ## [train] Re-evaluate TRAIN_DIR/model.keras on the test split (full Keras model, slow)
 	$(DEV_PY) -m train.evaluate $(TRAIN_DIR)/model.keras --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR)/evaluation
 
-convert: $(DEV_VENV)/.installed ## [train] Export TFLite/ONNX variants, validate, report, install the best in lambda_function/model
-	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto
+convert: $(DEV_VENV)/.installed ## [train] Export TFLite/ONNX variants, validate, report, install the best in MODEL_DIR
+	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto \
+		--install-dir $(MODEL_DIR) $(CONVERT_ARGS)
 
-model-card: $(RUNTIME_VENV)/.installed ## [train] Measure the bundled model on DATA_DIR's test split -> lambda_function/model/MODEL_CARD.md
-	$(RUNTIME_PY) -m bench.model_card --data-dir $(DATA_DIR)
+model-card: $(RUNTIME_VENV)/.installed ## [train] Measure MODEL_DIR's model on DATA_DIR's test split -> MODEL_DIR/MODEL_CARD.md
+	$(RUNTIME_PY) -m bench.model_card --data-dir $(DATA_DIR) --model $(MODEL_DIR)/model.tflite
 
 build: $(SAM_VENV)/.installed ## [deploy] sam build (makefile builder, no Docker) for ARCH -> BUILD_DIR
 	ARCH=$(ARCH) $(SAM) build --build-dir $(BUILD_DIR) --parameter-overrides Architecture=$(ARCH)

@@ -6,21 +6,20 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from tests.fixtures.shapes import CLASSES, shape_image, write_shapes_dataset  # noqa: E402
 from train import evaluate  # noqa: E402
 from train.__main__ import main  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.trainer import train  # noqa: E402
 
 SIZE = 71  # Xception's minimum input side
-CLASSES = ["circle_red", "square_green", "triangle_blue"]
-PER_SPLIT = {"train": 6, "validation": 3, "test": 3}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARTIFACTS = [
     "model.keras",
@@ -35,33 +34,12 @@ ARTIFACTS = [
 ]
 
 
-def _shape_image(kind: str, rng: np.random.Generator) -> Image.Image:
-    image = Image.new("RGB", (80, 90), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    x, y, r = rng.integers(25, 55), rng.integers(25, 65), rng.integers(12, 22)
-    if kind == "circle_red":
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=(220, 20, 20))
-    elif kind == "square_green":
-        draw.rectangle((x - r, y - r, x + r, y + r), fill=(20, 180, 20))
-    else:
-        draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=(20, 20, 220))
-    return image
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """3 classes of coloured shapes, 6/3/3 images each (PNG and JPEG), plus one truncated JPEG in train."""
-    root = tmp_path_factory.mktemp("shapes")
-    rng = np.random.default_rng(0)
-    for split, count in PER_SPLIT.items():
-        for name in CLASSES:
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(count):
-                fmt = "PNG" if i % 2 else "JPEG"
-                _shape_image(name, rng).save(folder / f"{i:02d}.{fmt.lower()}", fmt)
+    root = write_shapes_dataset(tmp_path_factory.mktemp("shapes"))
     broken = root / "train" / CLASSES[0] / "zz_broken.jpg"
-    _shape_image(CLASSES[0], rng).save(broken, "JPEG")
+    shape_image(CLASSES[0], np.random.default_rng(1)).save(broken, "JPEG")
     broken.write_bytes(broken.read_bytes()[:300])
     return root
 

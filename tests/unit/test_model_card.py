@@ -49,6 +49,28 @@ def test_facts_come_from_the_sidecar():
     assert "`model.tflite`, 1.0 MB" in card and "2026-12-03" in card
 
 
+def test_task_and_limits_come_from_the_labels_and_the_data():
+    meta = copy.deepcopy(read_sidecar(BUNDLED))
+    meta["labels"] = ["cat", "dog", "bird"]
+    meta["training"]["dataset"] = "pets"
+    per_class = {
+        "cat": {"precision": 0.9, "recall": 0.9, "f1": 0.90, "support": 5},
+        "dog": {"precision": 0.5, "recall": 0.7, "f1": 0.58, "support": 5},
+        "bird": {"precision": 0.8, "recall": 0.6, "f1": 0.69, "support": 5},
+    }
+    card = render(meta, 1_000_000, {**METRICS, "per_class": per_class}, "make model-card", "2026-12-05")
+    task = next(line for line in card.splitlines() if line.startswith("- **Task**"))
+    limits = card.split("## Limits", 1)[1]
+    assert "one of 3 classes: cat, dog, bird" in task
+    assert "Trained on the photos of pets" in limits and "dog (F1 0.58) and bird (F1 0.69)" in limits
+    assert "outside the 3 classes" in limits
+    for word in ("garment", "clothing", "shirt", "ten"):
+        assert word not in (task + limits).lower().split(), word
+    # The recipe's own dataset keeps its description.
+    ours = render(read_sidecar(BUNDLED), 1_000_000, METRICS, "make model-card", "2026-12-05")
+    assert "product-style photos of a single garment" in ours.split("## Limits", 1)[1]
+
+
 def test_a_sidecar_without_training_facts_says_so():
     meta = copy.deepcopy(read_sidecar(BUNDLED))
     del meta["training"]
