@@ -37,6 +37,7 @@ from lambda_function.events import (
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
+DEPLOY_GUIDE = REPO / "docs" / "deploying.md"
 EVENTS = REPO / "events"
 LAMBDA_MAKEFILE = REPO / "lambda_function" / "Makefile"
 FUNCTION_ID = "ClassifierFunction"
@@ -156,12 +157,52 @@ def is_s3_grant(permission: dict) -> bool:
 
 
 def with_defaults(text: str, defaults: dict[str, str]) -> str:
-    """template.yaml's text with the Default of each named String parameter replaced."""
+    """template.yaml's text with the Default of each named parameter replaced (comments may sit between)."""
     for name, value in defaults.items():
-        pattern = re.compile(rf"(\n  {name}:\n    Type: String\n    Default: )[^\n]*")
+        pattern = re.compile(
+            rf"(\n  {name}:\n    Type: (?:String|Number)\n(?:    #[^\n]*\n)*    Default: )[^\n]*"
+        )
         text, count = pattern.subn(lambda m, v=value: m.group(1) + json.dumps(v), text)
         assert count == 1, name
     return text
+
+
+def guide_parameter_sets() -> dict[str, dict[str, str]]:
+    """The parameter sets docs/deploying.md recommends: `name: Key=Value ...` lines in its marked block."""
+    text = DEPLOY_GUIDE.read_text(encoding="utf-8")
+    block = text.split("<!-- parameter-sets", 1)[1].split("<!-- /parameter-sets -->", 1)[0]
+    lines = block.split("```text", 1)[1].split("```", 1)[0].strip().splitlines()
+    sets = {}
+    for line in lines:
+        name, _, rest = line.partition(":")
+        sets[name.strip()] = dict(pair.split("=", 1) for pair in rest.split() if "=" in pair)
+    return sets
+
+
+def sam_lint(
+    sam: Path, env: dict[str, str], defaults: dict[str, str], tag: str
+) -> subprocess.CompletedProcess:
+    """`sam validate --lint` of template.yaml with ``defaults`` as its parameters' Defaults.
+
+    cfn-lint resolves parameters to their defaults (and checks them against AllowedValues, patterns and
+    bounds): a copy with the wanted values as defaults, beside the original so CodeUri stays relative.
+    """
+    template = TEMPLATE
+    if defaults:
+        template = REPO / f".lint-{tag}.yaml"
+        template.write_text(with_defaults(TEMPLATE.read_text(encoding="utf-8"), defaults), encoding="utf-8")
+    try:
+        return subprocess.run(
+            [str(sam), "validate", "--lint", "--template", str(template)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=300,
+        )
+    finally:
+        if template != TEMPLATE:
+            template.unlink()
 
 
 def evaluate(expression, parameters: dict[str, str]):
@@ -213,23 +254,28 @@ def make_dry_run(**variables: str) -> str:
 
 @pytest.mark.parametrize("options", ["defaults", "bulk_on"])
 def test_sam_validate_lint_passes(sam, offline_env, tmp_path, options):
-    template = TEMPLATE
-    if options == "bulk_on":
-        # cfn-lint resolves parameters to their defaults: lint a copy whose defaults switch every part on.
-        template = REPO / f".lint-{tmp_path.name}.yaml"  # beside the original: CodeUri stays relative
-        template.write_text(with_defaults(TEMPLATE.read_text(encoding="utf-8"), BULK_ON), encoding="utf-8")
-    try:
-        result = subprocess.run(
-            [str(sam), "validate", "--lint", "--template", str(template)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            env=offline_env,
-            timeout=300,
-        )
-    finally:
-        if template != TEMPLATE:
-            template.unlink()
+    result = sam_lint(sam, offline_env, BULK_ON if options == "bulk_on" else {}, tmp_path.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+def test_the_deploy_guide_recommends_parameter_sets():
+    sets = guide_parameter_sets()
+    assert {"private", "public"} <= set(sets) and sets["private"] == {}
+    assert sets["public"]["PublicUrl"] == "true" and sets["public"]["ReservedConcurrency"]
+    parameters = load_template()["Parameters"]
+    assert all(name in parameters for values in sets.values() for name in values)
+
+
+@pytest.mark.parametrize("name", sorted(guide_parameter_sets()))
+def test_every_parameter_set_the_deploy_guide_recommends_translates_and_lints(
+    sam, offline_env, tmp_path, name
+):
+    parameters = guide_parameter_sets()[name]
+    resources = translate(sam, offline_env, parameters)["Resources"]
+    assert resources[FUNCTION_ID]["Type"] == "AWS::Lambda::Function"
+    assert refused_by(parameters) == []
+    result = sam_lint(sam, offline_env, parameters, f"{name}-{tmp_path.name}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is a valid SAM Template" in result.stdout + result.stderr
 
