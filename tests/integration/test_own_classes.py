@@ -6,6 +6,7 @@ user has (DATA_DIR, WEIGHTS, TRAIN_DIR, EXPORT_DIR, MODEL_DIR, TRAIN_ARGS, CONVE
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -16,6 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from lambda_function import predict
+from tests.fixtures.proxy_events import v2_event
 from tests.fixtures.shapes import CLASSES, write_shapes_dataset
 
 pytestmark = [
@@ -81,6 +84,7 @@ def test_the_labels_come_from_the_folders(run):
 def test_the_model_card_describes_the_new_classes(run):
     paths, _data, logs = run
     card = (paths.model / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert card.startswith("# Model card: data classifier (")  # named after its folder, not clothing
     assert f"one of 3 classes: {', '.join(CLASSES)}" in card
     assert "(9 images)" in card and "outside the 3 classes" in card
     assert "garment" not in card.split("## Limits", 1)[1]
@@ -90,45 +94,19 @@ def test_the_model_card_describes_the_new_classes(run):
     assert json.loads((bundled / "model.json").read_text())["labels"] != CLASSES
 
 
-def test_the_cli_and_the_handler_serve_it(run, tmp_path):
+def test_the_cli_and_the_handler_serve_it(run, app, monkeypatch, capsys):
     paths, data, _logs = run
     image = next((data / "test" / CLASSES[0]).iterdir())
-    env = {**os.environ, "NUM_THREADS": "1"}
-    cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lambda_function.predict",
-            str(image),
-            "--model",
-            str(paths.model / "model.tflite"),
-        ]
-        + ["--json", "--top-k", "3"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert cli.returncode == 0, cli.stderr
-    body = json.loads(cli.stdout)
+    model = str(paths.model / "model.tflite")
+    capsys.readouterr()
+    assert predict.main([str(image), "--model", model, "--json", "--top-k", "3"]) == 0
+    body = json.loads(capsys.readouterr().out)
     assert {p["label"] for p in body["predictions"]} == set(CLASSES)
 
-    code = (
-        "import base64, json, sys; from lambda_function.app import lambda_handler;"
-        "data = base64.b64encode(open(sys.argv[1], 'rb').read()).decode();"
-        "event = {'version': '2.0', 'requestContext': {'http': {'method': 'POST'}}, 'body': data,"
-        " 'isBase64Encoded': True, 'headers': {'content-type': 'image/png'}};"
-        "print(lambda_handler(event)['body'])"
+    monkeypatch.setenv("MODEL_PATH", model)
+    app.reset_for_tests()
+    event = v2_event(
+        base64.b64encode(image.read_bytes()).decode(), b64=True, headers={"content-type": "image/png"}
     )
-    handler = subprocess.run(
-        [sys.executable, "-c", code, str(image)],
-        cwd=REPO,
-        env={**env, "MODEL_PATH": str(paths.model / "model.tflite"), "LOG_LEVEL": "ERROR"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert handler.returncode == 0, handler.stderr
-    served = json.loads(handler.stdout.strip().splitlines()[-1])
+    served = json.loads(app.lambda_handler(event)["body"])
     assert served["model"] == body["model"] and set(served["scores"]) == set(CLASSES)

@@ -59,6 +59,7 @@ def test_task_and_limits_come_from_the_labels_and_the_data():
         "bird": {"precision": 0.8, "recall": 0.6, "f1": 0.69, "support": 5},
     }
     card = render(meta, 1_000_000, {**METRICS, "per_class": per_class}, "make model-card", "2026-12-05")
+    assert card.startswith("# Model card: pets classifier (")
     task = next(line for line in card.splitlines() if line.startswith("- **Task**"))
     limits = card.split("## Limits", 1)[1]
     assert "one of 3 classes: cat, dog, bird" in task
