@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lambda_function.native_log import native_info_hidden  # noqa: E402
 from local.loopback import LoopbackServer, QuietHandler  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("LOG_LEVEL", "WARNING")
 
     started = time.perf_counter()
-    from lambda_function import app  # loads the bundled model, as a Lambda cold start would
+    with native_info_hidden():  # LiteRT's "INFO: Created ... XNNPACK delegate" line is not for this table
+        from lambda_function import app  # loads the bundled model, as a Lambda cold start would
 
     print(f"cold start (import + model load): {(time.perf_counter() - started) * 1000:.0f} ms")
     print(f"{'image':<16} {'true':<11} {'top-' + str(args.top_k) + ' predictions':<52} {'ms':>6}")
