@@ -13,7 +13,10 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from tests.fixtures.shapes import CLASSES, shape_image, write_shapes_dataset  # noqa: E402
+from tests.fixtures.shapes import CLASSES, write_shapes_dataset  # noqa: E402
+
+# (test_train_levers.py imports the drawing under this name from here)
+from tests.fixtures.shapes import shape_image as _shape_image  # noqa: E402
 from train import evaluate  # noqa: E402
 from train.__main__ import main  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
@@ -39,7 +42,7 @@ def data_dir(tmp_path_factory):
     """3 classes of coloured shapes, 6/3/3 images each (PNG and JPEG), plus one truncated JPEG in train."""
     root = write_shapes_dataset(tmp_path_factory.mktemp("shapes"))
     broken = root / "train" / CLASSES[0] / "zz_broken.jpg"
-    shape_image(CLASSES[0], np.random.default_rng(1)).save(broken, "JPEG")
+    _shape_image(CLASSES[0], np.random.default_rng(1)).save(broken, "JPEG")
     broken.write_bytes(broken.read_bytes()[:300])
     return root
 
