@@ -18,8 +18,8 @@ A proxy body is either JSON (``{"url": ...}`` or ``{"urls": [...]}``, optional `
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 

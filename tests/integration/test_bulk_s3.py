@@ -682,6 +682,8 @@ def test_a_bad_result_objects_setting_is_misconfigured(bulk_app, buckets, monkey
     monkeypatch.setenv("RESULT_OBJECTS", "some")
     body = bulk_app.lambda_handler(batch_operations("2.0", buckets.input, ["a.png"]), CONTEXT)
     assert body["error"]["code"] == "misconfigured" and "RESULT_OBJECTS" in body["error"]["message"]
+
+
 # ---------------------------------------------------------------- a "not sure" answer (MIN_CONFIDENCE)
 
 
