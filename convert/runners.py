@@ -1,7 +1,8 @@
 """Run an exported model: LiteRT for .tflite, onnxruntime for .onnx, both with 2 threads.
 
-These are the runtimes the report measures. A .tflite file is opened by the Lambda's own
-``lambda_function.classifier.load_interpreter``, so the report times the interpreter the Lambda runs.
+These are the runtimes the report measures. Each file is opened by the Lambda's own loader
+(``lambda_function.classifier.load_interpreter``, ``lambda_function.onnx_engine.load_session``), so the
+report times the interpreter or session, with its settings, that the Lambda runs.
 """
 
 from __future__ import annotations
@@ -59,17 +60,13 @@ class TFLiteRunner:
 
 class OnnxRunner:
     def __init__(self, path: str | Path, num_threads: int = NUM_THREADS):
-        import onnxruntime as ort
+        from lambda_function.onnx_engine import load_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = num_threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         start = time.perf_counter()
         try:
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
-            raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from None
+            self._session = load_session(path, num_threads)
+        except ServingError as exc:
+            raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc.message}") from None
         self.load_seconds = time.perf_counter() - start
         inp, out = self._session.get_inputs()[0], self._session.get_outputs()[0]
         self._input_name = inp.name

@@ -46,7 +46,7 @@ import lambda_function.app as app
 from lambda_function.classifier import runs_on_xnnpack
 classifier = app.get_classifier()
 say(kind="loaded", machine=platform.machine(), seconds=round(time.perf_counter() - started, 1),
-    xnnpack=runs_on_xnnpack(classifier._interpreter), model=classifier.model_id)
+    xnnpack=runs_on_xnnpack(classifier.engine.interpreter), model=classifier.model_id)
 for name in sorted(os.listdir(samples)):
     if not name.lower().endswith((".jpg", ".jpeg", ".png")):
         continue

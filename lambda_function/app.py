@@ -2,7 +2,8 @@
 
 The model loads once per container, at import (Lambda's init phase), never per request. If it cannot
 load, the import still succeeds: the reason is logged and every request gets a 500 model_unavailable.
-Env: MODEL_PATH (default: the bundled ``model/model.tflite``), NUM_THREADS (default: CPU count),
+Env: MODEL_PATH (default: the bundled model of MODEL_BACKEND, ``tflite``: ``model/model.tflite``, or ``onnx``:
+``model/onnx/model.onnx``; an ``.onnx`` file is served by ONNX Runtime), NUM_THREADS (default: CPU count),
 FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL, MIN_CONFIDENCE (a "not sure" threshold,
 0 < t <= 1, off when unset; a request's "min_confidence" overrides it; a bad value answers every request
 with a 500 misconfigured); for bulk events (S3 notifications,
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 from lambda_function.bulk import RetryLater
 from lambda_function.bulk import handle as handle_bulk
-from lambda_function.classifier import DEFAULT_MODEL_PATH, Classifier
+from lambda_function.classifier import Classifier, bundled_model_path
 from lambda_function.errors import ServingError
 from lambda_function.events import BULK_KINDS, event_kind, min_confidence_from_env, parse_event, respond
 from lambda_function.logging_json import get_logger
@@ -36,34 +37,40 @@ _INTERNAL_ERROR = ServingError(500, "internal_error", "Something went wrong on o
 _MODEL_UNAVAILABLE = ServingError(
     500, "model_unavailable", "The model is not available; the function's logs say why."
 )
-# (MODEL_PATH, NUM_THREADS) -> the Classifier, or the ServingError its loading raised (not retried).
-_loaded: dict[tuple[str, str], Classifier | ServingError] = {}
+# (MODEL_PATH, MODEL_BACKEND, NUM_THREADS) -> the Classifier, or the ServingError its loading raised
+# (not retried).
+_loaded: dict[tuple[str, str, str], Classifier | ServingError] = {}
+_MODEL_ENV = ("MODEL_PATH", "MODEL_BACKEND", "NUM_THREADS")
 
 
 def model_path() -> Path:
-    return Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
+    """MODEL_PATH, else the bundled model of MODEL_BACKEND (ServingError for an unknown backend)."""
+    return Path(os.environ.get("MODEL_PATH") or bundled_model_path())
 
 
 def get_classifier() -> Classifier:
     """The container's Classifier for the current MODEL_PATH; raises the 500 model_unavailable error."""
-    key = (str(model_path()), os.environ.get("NUM_THREADS", ""))
+    key = tuple(os.environ.get(name, "") for name in _MODEL_ENV)
     cached = _loaded.get(key)
     if cached is None:
         started = time.perf_counter()
+        path = key[0] or "(bundled)"
         try:
-            cached = Classifier.from_path(key[0])
+            path = str(model_path())
+            cached = Classifier.from_path(path)
         except ServingError as err:
-            log.error("model load failed", extra={"model_path": key[0], "reason": err.message})
+            log.error("model load failed", extra={"model_path": path, "reason": err.message})
             cached = _MODEL_UNAVAILABLE
         except Exception:
-            log.exception("model load failed", extra={"model_path": key[0]})
+            log.exception("model load failed", extra={"model_path": path})
             cached = _MODEL_UNAVAILABLE
         else:
             log.info(
                 "model loaded",
                 extra={
-                    "model_path": key[0],
+                    "model_path": path,
                     "model": cached.model_id,
+                    "backend": cached.backend,
                     "input_size": cached.input_size,
                     "labels": len(cached.labels),
                     "load_ms": round((time.perf_counter() - started) * 1000.0, 1),

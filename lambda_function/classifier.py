@@ -1,9 +1,13 @@
-"""A TFLite model plus its metadata sidecar: pixels in, class probabilities out.
+"""A model plus its metadata sidecar: pixels in, class probabilities out.
 
-Only numpy and a TFLite interpreter (``ai_edge_litert``, else ``tflite_runtime``): this ships to Lambda.
-The class labels come from the sidecar ``<stem>.json`` written by the conversion step, and the input
-size from the model itself (checked against the sidecar), so nothing about the model is hard-coded.
-An interpreter is not thread-safe: use one Classifier per thread (Lambda runs one request at a time).
+Two backends behind one Classifier: a ``.tflite`` file runs on LiteRT (``ai_edge_litert``, else
+``tflite_runtime``: the default build), an ``.onnx`` file on ONNX Runtime (lambda_function/onnx_engine.py:
+the ONNX build only). Each is an *engine* with ``input_shape``, ``output_size`` and ``run(pixels)``; the
+Classifier does the rest (sidecar checks, softmax, top-k) the same way for both. Only numpy and the
+runtime: this ships to Lambda. The class labels come from the sidecar ``<stem>.json`` written by the
+conversion step, and the input size from the model itself (checked against the sidecar), so nothing
+about the model is hard-coded. An engine is not thread-safe: use one Classifier per thread (Lambda runs
+one request at a time).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lambda_function.errors import ServingError
+from lambda_function.errors import model_unavailable as _model_error
 from lambda_function.preprocess import DEFAULT_RESIZE
 from lambda_function.sidecar import (
     SidecarProblem,
@@ -25,6 +29,10 @@ from lambda_function.sidecar import read_sidecar as read_checked_sidecar
 
 # The model bundled with the function; env MODEL_PATH overrides it (read by the handler and the CLI).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model" / "model.tflite"
+# The ONNX build (make build BACKEND=onnx) bundles its model here instead; env MODEL_BACKEND=onnx (the
+# template's Backend parameter) makes it the default. Its own folder: model.json is the TFLite sidecar.
+BUNDLED_MODELS = {"tflite": DEFAULT_MODEL_PATH, "onnx": DEFAULT_MODEL_PATH.parent / "onnx" / "model.onnx"}
+DEFAULT_BACKEND = "tflite"
 # Characters of the model's sha256 used as its short id in responses and logs.
 MODEL_ID_LENGTH = 12
 # Scores in responses are rounded: more digits are noise and only make the JSON longer.
@@ -32,10 +40,12 @@ SCORE_DIGITS = 6
 # Test-time augmentation: "none" runs the model once; "flip" also runs the mirror image and averages the
 # probabilities (twice the inference time). Off by default: docs/lab/accuracy-levers.md has its figures.
 TTA_MODES = ("none", "flip")
+# The runtime that serves each model file type (the sidecar's "format" must agree).
+BACKENDS = {".tflite": "tflite", ".onnx": "onnx"}
 
 
 def default_num_threads(environ: os._Environ | dict = os.environ) -> int:
-    """Interpreter threads from env NUM_THREADS, else one per CPU the process can see."""
+    """Inference threads (LiteRT or ONNX Runtime) from env NUM_THREADS, else one per CPU the process sees."""
     raw = environ.get("NUM_THREADS", "").strip()
     if raw:
         try:
@@ -46,6 +56,14 @@ def default_num_threads(environ: os._Environ | dict = os.environ) -> int:
             raise _model_error(f"NUM_THREADS must be a positive integer, got {raw!r}.")
         return value
     return os.cpu_count() or 1
+
+
+def bundled_model_path(environ: os._Environ | dict = os.environ) -> Path:
+    """The bundled model of env MODEL_BACKEND (tflite, the default, or onnx); 500 for another value."""
+    backend = environ.get("MODEL_BACKEND", "").strip().lower() or DEFAULT_BACKEND
+    if backend not in BUNDLED_MODELS:
+        raise _model_error(f"MODEL_BACKEND must be one of {', '.join(BUNDLED_MODELS)}, got {backend!r}.")
+    return BUNDLED_MODELS[backend]
 
 
 def load_interpreter(path: str | Path, num_threads: int):
@@ -119,15 +137,33 @@ def _warn_builtin_kernels(path: str | Path, reason: str) -> None:
     )
 
 
+def backend_for(model_path: str | Path) -> str:
+    """ "tflite" or "onnx", from the file name; 500 model_unavailable for anything else."""
+    backend = BACKENDS.get(Path(model_path).suffix.lower())
+    if backend is None:
+        raise _model_error(f"{model_path}: expected a .tflite or .onnx model file.")
+    return backend
+
+
 def read_sidecar(model_path: str | Path) -> dict:
     """The metadata JSON next to the model (same stem, ``.json``): lambda_function/sidecar.py's schema."""
     try:
         meta = read_checked_sidecar(model_path)
     except SidecarProblem as exc:
         raise _model_error(str(exc)) from None
-    if meta["format"] != "tflite":
-        raise _model_error(f"{model_path}: format is {meta['format']!r}; this runtime serves tflite only.")
+    backend = backend_for(model_path)
+    if meta["format"] != backend:
+        raise _model_error(f"{model_path}: its metadata says format {meta['format']!r}, not {backend!r}.")
     return meta
+
+
+def load_engine(path: str | Path, num_threads: int):
+    """The engine for ``path``'s backend: TFLiteEngine or onnx_engine.OnnxEngine (imported only then)."""
+    if backend_for(path) == "onnx":
+        from lambda_function.onnx_engine import OnnxEngine, load_session
+
+        return OnnxEngine(load_session(path, num_threads), path)
+    return TFLiteEngine(load_interpreter(path, num_threads), path)
 
 
 @dataclass(frozen=True)
@@ -141,12 +177,59 @@ class _Quantization:
         return cls(float(scale), int(zero_point)) if scale else None
 
 
-class Classifier:
-    """One loaded model: ``predict(pixels) -> probabilities`` in the sidecar's label order."""
+class TFLiteEngine:
+    """A LiteRT interpreter behind the engine API: ``input_shape``, ``output_size``, ``run(pixels)``.
 
-    def __init__(
-        self, interpreter, meta: dict, *, sha256: str, path: str | Path = "<memory>", tta: str = "none"
-    ):
+    An int8 input or output is quantized / dequantized here, so ``run`` takes uint8 pixels and returns
+    float values whatever the model's tensor types.
+    """
+
+    backend = "tflite"
+
+    def __init__(self, interpreter, path: str | Path = "<memory>"):
+        self.interpreter = interpreter
+        inputs = interpreter.get_input_details()
+        outputs = interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise _model_error(
+                f"{path}: expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}."
+            )
+        inp, out = inputs[0], outputs[0]
+        self.input_shape: tuple[int, ...] = tuple(int(d) for d in inp["shape"])
+        self.output_size = int(np.prod(out["shape"]))
+        self._output_index = out["index"]
+        self._input_dtype = np.dtype(inp["dtype"])
+        self._input_quant = _Quantization.of(inp) if self._input_dtype.kind in "iu" else None
+        self._output_quant = _Quantization.of(out) if np.dtype(out["dtype"]).kind in "iu" else None
+        # A callable returning a view of the interpreter's own input buffer: writing through it each
+        # request avoids allocating a float copy of the image (views must not outlive an invoke()).
+        self._input_view = interpreter.tensor(inp["index"])
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 pixels (height, width, 3) -> the model's raw output, flat and dequantized."""
+        target = self._input_view()[0]
+        if self._input_quant is None:
+            np.copyto(target, pixels, casting="unsafe")
+        else:
+            q = self._input_quant
+            info = np.iinfo(self._input_dtype)
+            quantized = np.rint(pixels.astype(np.float32) / q.scale + q.zero_point)
+            np.copyto(target, np.clip(quantized, info.min, info.max), casting="unsafe")
+        del target
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self._output_index).reshape(-1)
+        if self._output_quant is not None:
+            raw = (raw.astype(np.float64) - self._output_quant.zero_point) * self._output_quant.scale
+        return raw
+
+
+class Classifier:
+    """One loaded model: ``predict(pixels) -> probabilities`` in the sidecar's label order.
+
+    ``engine`` runs the model (TFLiteEngine, or onnx_engine.OnnxEngine); ``backend`` names it.
+    """
+
+    def __init__(self, engine, meta: dict, *, sha256: str, path: str | Path = "<memory>", tta: str = "none"):
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
         self.tta = tta
@@ -155,17 +238,11 @@ class Classifier:
         self.labels: tuple[str, ...] = tuple(meta["labels"])
         self.sha256 = sha256
         self.model_id = sha256[:MODEL_ID_LENGTH]
-        self._interpreter = interpreter
+        self.engine = engine
+        self.backend: str = engine.backend
         self._output_is_logits = meta["output"] == "logits"
 
-        inputs = interpreter.get_input_details()
-        outputs = interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise _model_error(
-                f"{path}: expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}."
-            )
-        inp, out = inputs[0], outputs[0]
-        shape = tuple(int(d) for d in inp["shape"])
+        shape = engine.input_shape
         if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
             raise _model_error(f"{path}: input shape {shape} is not (1, height, width, 3).")
         self.input_size: tuple[int, int] = (shape[1], shape[2])
@@ -180,26 +257,18 @@ class Classifier:
         # the way every such model was trained.
         # (read_sidecar has checked it is one of RESIZE_MODES)
         self.resize: str = declared.get("resize", DEFAULT_RESIZE)
-        n_out = int(np.prod(out["shape"]))
-        if n_out != len(self.labels):
+        if engine.output_size != len(self.labels):
             raise _model_error(
-                f"{path}: the model has {n_out} outputs but the metadata lists {len(self.labels)} labels."
+                f"{path}: the model has {engine.output_size} outputs but the metadata lists "
+                f"{len(self.labels)} labels."
             )
-
-        self._input_index = inp["index"]
-        self._output_index = out["index"]
-        self._input_dtype = np.dtype(inp["dtype"])
-        self._input_quant = _Quantization.of(inp) if self._input_dtype.kind in "iu" else None
-        self._output_quant = _Quantization.of(out) if np.dtype(out["dtype"]).kind in "iu" else None
-        # A callable returning a view of the interpreter's own input buffer: writing through it each
-        # request avoids allocating a float copy of the image (views must not outlive an invoke()).
-        self._input_view = interpreter.tensor(self._input_index)
 
     @classmethod
     def from_path(
         cls, model_path: str | Path, num_threads: int | None = None, tta: str = "none"
     ) -> Classifier:
-        """Load ``model_path`` and its sidecar; raise ServingError(500, "model_unavailable") if unusable."""
+        """Load ``model_path`` (.tflite or .onnx) and its sidecar; ServingError(500, "model_unavailable")
+        if unusable."""
         path = Path(model_path)
         if not path.is_file():
             raise _model_error(f"The model file {path} does not exist.")
@@ -210,7 +279,7 @@ class Classifier:
         except SidecarProblem as exc:
             raise _model_error(str(exc)) from None
         threads = default_num_threads() if num_threads is None else num_threads
-        return cls(load_interpreter(path, threads), meta, sha256=sha256, path=path, tta=tta)
+        return cls(load_engine(path, threads), meta, sha256=sha256, path=path, tta=tta)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """``uint8`` RGB pixels (height, width, 3) at :attr:`input_size` -> float32 probabilities."""
@@ -223,20 +292,8 @@ class Classifier:
         return probs
 
     def _invoke(self, pixels: np.ndarray) -> np.ndarray:
-        """One pass of the interpreter on pixels of the right shape -> float32 probabilities."""
-        target = self._input_view()[0]
-        if self._input_quant is None:
-            np.copyto(target, pixels, casting="unsafe")
-        else:
-            q = self._input_quant
-            info = np.iinfo(self._input_dtype)
-            quantized = np.rint(pixels.astype(np.float32) / q.scale + q.zero_point)
-            np.copyto(target, np.clip(quantized, info.min, info.max), casting="unsafe")
-        del target
-        self._interpreter.invoke()
-        raw = self._interpreter.get_tensor(self._output_index).reshape(-1)
-        if self._output_quant is not None:
-            raw = (raw.astype(np.float64) - self._output_quant.zero_point) * self._output_quant.scale
+        """One pass of the engine on pixels of the right shape -> float32 probabilities."""
+        raw = self.engine.run(pixels)
         return softmax(raw).astype(np.float32) if self._output_is_logits else renormalise(raw)
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
@@ -269,7 +326,3 @@ def top_k(probs: np.ndarray, labels: tuple[str, ...] | list[str], k: int) -> lis
     """The ``k`` best ``{"label", "score"}``, best first (ties keep label order)."""
     order = np.argsort(-np.asarray(probs), kind="stable")[: max(0, k)]
     return [{"label": labels[i], "score": round(float(probs[i]), SCORE_DIGITS)} for i in order]
-
-
-def _model_error(message: str) -> ServingError:
-    return ServingError(500, "model_unavailable", message)

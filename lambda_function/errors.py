@@ -21,3 +21,8 @@ class ServingError(Exception):
 
     def __repr__(self) -> str:
         return f"ServingError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def model_unavailable(message: str) -> ServingError:
+    """The 500 every model-loading problem becomes (the message goes to the log, not to clients)."""
+    return ServingError(500, "model_unavailable", message)

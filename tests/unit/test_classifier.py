@@ -209,7 +209,7 @@ class FakeQuantInterpreter:
 def test_int8_input_is_quantized_and_output_dequantized():
     fake = FakeQuantInterpreter()
     meta = {"labels": ["a", "b", "c"], "input": {"height": 2, "width": 2, "channels": 3}, "output": "logits"}
-    model = Classifier(fake, meta, sha256="ab" * 32)
+    model = Classifier(clf.TFLiteEngine(fake), meta, sha256="ab" * 32)
     pixels = np.array([[[0, 128, 255]] * 2] * 2, np.uint8)
     probs = model.predict(pixels)
     # x / scale + zero_point with scale 1, zero point -128: 0 -> -128, 128 -> 0, 255 -> 127.
@@ -281,7 +281,7 @@ def test_a_model_xnnpack_does_not_run_is_served_by_the_builtin_kernels_with_one_
 
     (warning,) = warnings_in(capsys)
     assert "built-in kernels" in warning["message"] and warning["model_path"] == str(path)
-    assert clf.runs_on_xnnpack(loaded._interpreter) is False
+    assert clf.runs_on_xnnpack(loaded.engine.interpreter) is False
     size = (xnnpack_free_model.SIZE, xnnpack_free_model.SIZE, 3)
     for color, label in ((RED, "red"), (GREEN, "green"), (BLUE, "blue")):
         probs = loaded.predict(np.full(size, color, np.uint8))
@@ -294,5 +294,5 @@ def test_the_tiny_model_runs_on_xnnpack_without_a_warning(tiny_model_path, capsy
 
     loaded = Classifier.from_path(tiny_model_path, num_threads=1)
 
-    assert clf.runs_on_xnnpack(loaded._interpreter) is True
+    assert clf.runs_on_xnnpack(loaded.engine.interpreter) is True
     assert warnings_in(capsys) == []
