@@ -11,6 +11,10 @@ One code path for both users of it:
   in tests, and exactly the versions the tests ran against. ``--deps pip`` asks pip anyway.
 
     python -m deploy.build_artifact --platform lambda --arch arm64 --out build/artifact
+
+``--backend onnx`` builds the ONNX Runtime flavour instead of LiteRT's: its own requirements
+(``lambda_function/requirements-onnx.txt``) and the bundled ONNX model (``model/onnx/``) instead of
+the TFLite one; the same ABI gate and size limits apply.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_REQUIREMENTS = Path(__file__).resolve().with_name("build-requirements.txt")
 PACKAGE_DIR = REPO_ROOT / "lambda_function"
 DEFAULT_REQUIREMENTS = PACKAGE_DIR / "requirements.txt"
+# Per serving backend: its requirements and the bundled model files it ships without (the other
+# backend's model, ~22 MB that would only be dead weight). LiteRT is the default (template: Backend).
+BACKENDS = {
+    "tflite": {"requirements": DEFAULT_REQUIREMENTS, "model_excludes": ("model/onnx",)},
+    "onnx": {
+        "requirements": PACKAGE_DIR / "requirements-onnx.txt",
+        "model_excludes": ("model/model.tflite", "model/model.json", "model/MODEL_CARD.md"),
+    },
+}
+DEFAULT_BACKEND = "tflite"
 DEFAULT_OUT = REPO_ROOT / "build" / "artifact"
 DEFAULT_PLATFORM = "lambda"
 # Where the dependencies come from: pip (download wheels) or env (copy what this interpreter has).
@@ -71,6 +85,11 @@ PRUNE = {
     "ai_edge_litert/libLiteRtWebGpuAccelerator.so": "GPU accelerator; Lambda has no GPU",
     "ai_edge_litert/vendors": "NPU compiler/dispatch plugins, loaded only for NPU targets",
     "ai_edge_litert/tools/apply_plugin_main": "ahead-of-time NPU compiler executable",
+    # The ONNX build: `import onnxruntime` loads only onnxruntime/capi (checked); these are offline tools.
+    "onnxruntime/transformers": "transformer-model optimization scripts",
+    "onnxruntime/tools": "model conversion and profiling tools",
+    "onnxruntime/quantization": "the quantizer (convert/onnx.py runs it at build time, not here)",
+    "onnxruntime/datasets": "sample models",
 }
 # Lambda's /var/task is read-only, so Python can never cache bytecode there: without .pyc files shipped,
 # every cold start compiles numpy & co. again (~0.2 s measured here). Hash-based, unchecked .pyc files
@@ -100,6 +119,7 @@ class Artifact:
     arch: str
     pruned_bytes: int
     bytecode: bool
+    backend: str = DEFAULT_BACKEND
     # ELF files the ABI gate checked (None: the gate did not run)
     abi_checked: int | None = None
     # e_machine -> how many shipped ELF files carry it (None: the gate did not run)
@@ -111,6 +131,7 @@ class Artifact:
             "platform": self.platform,
             "arch": self.arch,
             "python_version": self.python_version,
+            "backend": self.backend,
             "elf_machines": self.elf_machines,
             "bytecode": self.bytecode,
         }
@@ -224,11 +245,19 @@ def _ignore(_directory: str, names: list[str]) -> set[str]:
     return {name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDE)}
 
 
-def copy_package(source: Path, target: Path) -> None:
-    """Copy the runtime package (``*.py`` and ``model/``) to ``target/lambda_function``."""
+def copy_package(source: Path, target: Path, backend: str = DEFAULT_BACKEND) -> None:
+    """Copy the runtime package (``*.py`` and ``model/``) to ``target/lambda_function``, without the
+    bundled model files of the other backend."""
     if not (source / "__init__.py").is_file():
         raise BuildError(f"{source} is not a Python package (no __init__.py)")
-    shutil.copytree(source, target / source.name, ignore=_ignore, dirs_exist_ok=True)
+    package = target / source.name
+    shutil.copytree(source, package, ignore=_ignore, dirs_exist_ok=True)
+    for relative in BACKENDS[backend]["model_excludes"]:
+        doomed = package / relative
+        if doomed.is_dir():
+            shutil.rmtree(doomed)
+        elif doomed.exists():
+            doomed.unlink()
 
 
 def prune(target: Path) -> int:
@@ -282,11 +311,12 @@ def build_artifact(
     platform: str = DEFAULT_PLATFORM,
     python_version: str | None = None,
     arch: str = DEFAULT_ARCH,
-    requirements: Path = DEFAULT_REQUIREMENTS,
+    requirements: Path | None = None,
     package: Path = PACKAGE_DIR,
     deps: str | None = None,
     bytecode: bool | None = None,
     gate: bool | None = None,
+    backend: str = DEFAULT_BACKEND,
 ) -> Artifact:
     """Build the artifact in ``out`` and return its size.
 
@@ -296,7 +326,11 @@ def build_artifact(
     ``bytecode``: ship .pyc files; None = when this interpreter is the target Python (it compiles them).
     ``gate``: check the libraries against the Lambda ABI baseline (deploy/abi_gate.py) and Lambda's
     size limit; None = for ``platform="lambda"``. A failed gate raises BuildError.
+    ``backend``: "tflite" (LiteRT) or "onnx" (ONNX Runtime); ``requirements`` default to the backend's.
     """
+    if backend not in BACKENDS:
+        raise BuildError(f"Unknown backend {backend!r}; expected one of {sorted(BACKENDS)}")
+    requirements = Path(requirements or BACKENDS[backend]["requirements"])
     local_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     if platform == "local":
         if python_version not in (None, local_version):
@@ -327,10 +361,10 @@ def build_artifact(
     out = Path(out).resolve()
     prepare_output(out)
     if deps == "env":
-        copy_installed(read_requirements(Path(requirements)), out)
+        copy_installed(read_requirements(requirements), out)
     else:
-        install_dependencies(Path(requirements), out, platform, python_version, arch)
-    copy_package(Path(package), out)
+        install_dependencies(requirements, out, platform, python_version, arch)
+    copy_package(Path(package), out, backend)
     pruned = prune(out)
     checked = machines = None
     if platform == "lambda" if gate is None else gate:
@@ -344,7 +378,7 @@ def build_artifact(
             f"the artifact is {size / 1e6:.1f} MB unzipped; Lambda refuses more than "
             f"{LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB. Fix: a smaller wheel (see ARCH_PINS) or model."
         )
-    artifact = Artifact(out, size, platform, python_version, arch, pruned, bytecode, checked, machines)
+    artifact = Artifact(out, size, platform, python_version, arch, pruned, bytecode, backend, checked, machines)
     (out / BUILD_INFO_NAME).write_text(json.dumps(artifact.info(), indent=2) + "\n", encoding="utf-8")
     return artifact
 
@@ -417,7 +451,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"Lambda runtime Python (default {DEFAULT_LAMBDA_PYTHON}; local: this interpreter)",
     )
     parser.add_argument("--arch", choices=sorted(LAMBDA_PLATFORM_TAGS), default=DEFAULT_ARCH)
-    parser.add_argument("--requirements", type=Path, default=DEFAULT_REQUIREMENTS)
+    parser.add_argument(
+        "--backend",
+        choices=sorted(BACKENDS),
+        default=DEFAULT_BACKEND,
+        help="serving runtime: tflite (LiteRT, the default) or onnx (ONNX Runtime)",
+    )
+    parser.add_argument("--requirements", type=Path, help="default: the backend's requirements file")
     parser.add_argument(
         "--deps",
         choices=("pip", "env"),
@@ -450,13 +490,15 @@ def main(argv: list[str] | None = None) -> int:
             deps=args.deps,
             bytecode=args.bytecode,
             gate=args.abi_gate,
+            backend=args.backend,
         )
     except BuildError as exc:
         print(f"build_artifact: error: {exc}", file=sys.stderr)
         return 1
     megabytes = artifact.size_bytes / 1e6
     print(
-        f"Built {artifact.path} for {artifact.platform} python{artifact.python_version} {artifact.arch}: "
+        f"Built {artifact.path} for {artifact.platform} python{artifact.python_version} {artifact.arch} "
+        f"({artifact.backend}): "
         f"{artifact.size_bytes} bytes ({megabytes:.1f} MB) unzipped "
         f"({artifact.pruned_bytes / 1e6:.1f} MB pruned)"
     )
