@@ -12,6 +12,10 @@ MODEL_DIR   ?= lambda_function/model
 TRAIN_ARGS   ?=
 CONVERT_ARGS ?=
 ARCH        ?= x86_64
+# Serving runtime of the build: tflite (LiteRT, default) or onnx (ONNX Runtime, lambda_function/model/onnx/).
+BACKEND     ?= tflite
+# Where the converted model will run (convert --target): host (measure here), lambda-x86_64, lambda-arm64, device.
+TARGET      ?= host
 EVENT       ?= events/direct.json
 # make invoke without Docker: URLs in EVENT are served from this folder on loopback (empty: the real URLs).
 SAMPLES     ?= samples
@@ -99,15 +103,15 @@ train: $(DEV_VENV)/.installed ## [train] Xception transfer learning on DATA_DIR/
 evaluate: $(DEV_VENV)/.installed ## [train] Re-evaluate TRAIN_DIR/model.keras on the test split (full Keras model, slow)
 	$(DEV_PY) -m train.evaluate $(TRAIN_DIR)/model.keras --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR)/evaluation
 
-convert: $(DEV_VENV)/.installed ## [train] Export TFLite/ONNX variants, validate, report, install the best in MODEL_DIR
+convert: $(DEV_VENV)/.installed ## [train] Export TFLite/ONNX variants, validate, report, install the one chosen for TARGET in MODEL_DIR
 	$(DEV_PY) -m convert $(TRAIN_DIR)/model.keras --output-dir $(EXPORT_DIR) --data-dir $(DATA_DIR) --install auto \
-		--install-dir $(MODEL_DIR) $(CONVERT_ARGS)
+		--target $(TARGET) --install-dir $(MODEL_DIR) $(CONVERT_ARGS)
 
 model-card: $(RUNTIME_VENV)/.installed ## [train] Measure MODEL_DIR's model on DATA_DIR's test split -> MODEL_DIR/MODEL_CARD.md
 	$(RUNTIME_PY) -m bench.model_card --data-dir $(DATA_DIR) --model $(MODEL_DIR)/model.tflite
 
-build: $(SAM_VENV)/.installed ## [deploy] sam build (makefile builder, no Docker) for ARCH -> BUILD_DIR
-	ARCH=$(ARCH) $(SAM) build --build-dir $(BUILD_DIR) --parameter-overrides Architecture=$(ARCH)
+build: $(SAM_VENV)/.installed ## [deploy] sam build (makefile builder, no Docker) for ARCH and BACKEND -> BUILD_DIR
+	ARCH=$(ARCH) BACKEND=$(BACKEND) $(SAM) build --build-dir $(BUILD_DIR) --parameter-overrides Architecture=$(ARCH)
 	$(SAM_PY) -m deploy.check_build --build-dir $(BUILD_DIR) --pin
 	@du -sh $(BUILD_DIR)/ClassifierFunction | awk '{print "unzipped artifact: " $$1}'
 
@@ -128,7 +132,7 @@ invoke: ## [deploy] Run EVENT through the function: sam local invoke if Docker a
 	fi
 
 invoke-local: $(DEV_VENV)/.installed ## [deploy] EVENT through awslambdaric + a loopback Runtime API, read-only task root (no Docker)
-	$(DEV_PY) -m deploy.build_artifact --platform local --out build/artifact
+	$(DEV_PY) -m deploy.build_artifact --platform local --backend $(BACKEND) --out build/artifact
 	$(DEV_PY) -m local.lambda_runtime build/artifact $(EVENT) $(if $(SAMPLES),--samples $(SAMPLES))
 
 # The architecture comes from the build, never from ARCH's default: an ARCH passed here (or one saved in

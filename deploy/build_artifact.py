@@ -41,10 +41,16 @@ PACKAGE_DIR = REPO_ROOT / "lambda_function"
 DEFAULT_REQUIREMENTS = PACKAGE_DIR / "requirements.txt"
 # Per serving backend: its requirements and the bundled model files it ships without (the other
 # backend's model, ~22 MB that would only be dead weight). LiteRT is the default (template: Backend).
+# "model": the bundled model the build must contain (lambda_function/classifier.py's BUNDLED_MODELS).
 BACKENDS = {
-    "tflite": {"requirements": DEFAULT_REQUIREMENTS, "model_excludes": ("model/onnx",)},
+    "tflite": {
+        "requirements": DEFAULT_REQUIREMENTS,
+        "model": "model/model.tflite",
+        "model_excludes": ("model/onnx",),
+    },
     "onnx": {
         "requirements": PACKAGE_DIR / "requirements-onnx.txt",
+        "model": "model/onnx/model.onnx",
         "model_excludes": ("model/model.tflite", "model/model.json", "model/MODEL_CARD.md"),
     },
 }
@@ -260,6 +266,18 @@ def copy_package(source: Path, target: Path, backend: str = DEFAULT_BACKEND) -> 
             doomed.unlink()
 
 
+def check_bundled_model(source: Path, backend: str) -> None:
+    """BuildError unless ``source`` holds the backend's bundled model and its sidecar."""
+    model = Path(BACKENDS[backend]["model"])
+    for needed in (model, model.with_suffix(".json")):
+        if not (source / needed).is_file():
+            raise BuildError(
+                f"The {backend} build bundles {source.name}/{needed}, which is missing. `python -m convert "
+                "... --install auto --target TARGET` installs the variant chosen for TARGET there "
+                "(docs/conversion.md), or copy an exported model and its sidecar JSON to that path."
+            )
+
+
 def prune(target: Path) -> int:
     """Remove bytecode caches and the :data:`PRUNE` entries; return the bytes removed."""
     doomed = list(target.rglob("__pycache__"))
@@ -358,6 +376,7 @@ def build_artifact(
     if deps not in ("pip", "env") or (deps == "env" and platform != "local"):
         raise BuildError(f"--deps {deps} is not possible for platform {platform}")
 
+    check_bundled_model(Path(package), backend)  # before minutes of downloads
     out = Path(out).resolve()
     prepare_output(out)
     if deps == "env":

@@ -29,10 +29,10 @@ from lambda_function.sidecar import read_sidecar as read_checked_sidecar
 
 # The model bundled with the function; env MODEL_PATH overrides it (read by the handler and the CLI).
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model" / "model.tflite"
-# The ONNX build (make build BACKEND=onnx) bundles its model here instead; env MODEL_BACKEND=onnx (the
-# template's Backend parameter) makes it the default. Its own folder: model.json is the TFLite sidecar.
+# The ONNX build (make build BACKEND=onnx) bundles its model here instead (its own folder: model.json is
+# the TFLite sidecar) and ships without the TFLite one, so the bundled model is the one that is there:
+# the TFLite one first. Env MODEL_BACKEND names one explicitly (a checkout holding both).
 BUNDLED_MODELS = {"tflite": DEFAULT_MODEL_PATH, "onnx": DEFAULT_MODEL_PATH.parent / "onnx" / "model.onnx"}
-DEFAULT_BACKEND = "tflite"
 # Characters of the model's sha256 used as its short id in responses and logs.
 MODEL_ID_LENGTH = 12
 # Scores in responses are rounded: more digits are noise and only make the JSON longer.
@@ -59,11 +59,14 @@ def default_num_threads(environ: os._Environ | dict = os.environ) -> int:
 
 
 def bundled_model_path(environ: os._Environ | dict = os.environ) -> Path:
-    """The bundled model of env MODEL_BACKEND (tflite, the default, or onnx); 500 for another value."""
-    backend = environ.get("MODEL_BACKEND", "").strip().lower() or DEFAULT_BACKEND
-    if backend not in BUNDLED_MODELS:
-        raise _model_error(f"MODEL_BACKEND must be one of {', '.join(BUNDLED_MODELS)}, got {backend!r}.")
-    return BUNDLED_MODELS[backend]
+    """The bundled model: env MODEL_BACKEND's (tflite or onnx; 500 for another value), else the first of
+    BUNDLED_MODELS that exists (a build ships one), else the TFLite path (whose absence load reports)."""
+    backend = environ.get("MODEL_BACKEND", "").strip().lower()
+    if backend:
+        if backend not in BUNDLED_MODELS:
+            raise _model_error(f"MODEL_BACKEND must be one of {', '.join(BUNDLED_MODELS)}, got {backend!r}.")
+        return BUNDLED_MODELS[backend]
+    return next((path for path in BUNDLED_MODELS.values() if path.is_file()), DEFAULT_MODEL_PATH)
 
 
 def load_interpreter(path: str | Path, num_threads: int):
