@@ -10,6 +10,7 @@ from pathlib import Path
 from convert.errors import ConversionError
 from convert.install import INSTALL_DIR
 from convert.pipeline import CALIBRATION_IMAGES, EVAL_SPLIT, ConvertOptions, run
+from convert.targets import DEFAULT_TARGET, TARGETS
 from convert.variants import parse_formats, parse_quantize
 
 DEFAULT_OUTPUT_DIR = "artifacts/convert"
@@ -47,7 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--install",
         default="no",
-        help="no | auto (fastest TFLite variant within 1 point of Keras, at most 25 MB) | a TFLite variant",
+        help="no | auto (the variant --target's rule chooses, within 1 point of Keras, at most 25 MB) | "
+        "a variant (int8, onnx-int8, ...)",
+    )
+    parser.add_argument(
+        "--target",
+        choices=tuple(TARGETS),
+        default=DEFAULT_TARGET,
+        help="where the model will run, for --install auto: host (fastest TFLite variant timed here, the "
+        "default), lambda-x86_64 / lambda-arm64 / device (ranked by the measured table in "
+        "convert/targets.py, the same on every build machine; docs/conversion.md)",
     )
     parser.add_argument("--install-dir", type=Path, default=INSTALL_DIR, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -81,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             validation_images=args.validation_images,
             eval_split=args.eval_split,
             install=args.install,
+            target=args.target,
             install_dir=args.install_dir,
             int8_options=int8_options,
         )
@@ -92,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {result.report['md']}, {result.report['json']}, {result.report['png']}")
     if result.installed:
         print(f"installed: {result.installed}")
+    if result.installed_tflite:
+        print(f"installed: {result.installed_tflite} (the TFLite build's model)")
+    if result.installed and result.installed.suffix == ".onnx":
+        print("serve it with: make build BACKEND=onnx (the default build serves the TFLite model)")
     if result.failures:
         for failure in result.failures:
             print(f"error: {failure}", file=sys.stderr)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from convert import data as datamod
 from convert import install as installmod
 from convert import report as reportmod
+from convert import targets as targetsmod
 from convert.errors import ConversionError, UnknownVariantError, ValidationError
 from convert.metadata import sha256_file, training_facts, write_sidecar
 from convert.onnx import to_onnx_fp32, to_onnx_int8
@@ -62,7 +63,8 @@ class ConvertOptions:
     calibration_flips: bool = CALIBRATION_FLIPS
     validation_images: int | None = None  # None = the whole evaluation split
     eval_split: str = EVAL_SPLIT
-    install: str = "no"  # "no", "auto", or a TFLite variant name
+    install: str = "no"  # "no", "auto", or a variant name (TFLite by default: "int8", "onnx-int8")
+    target: str = targetsmod.DEFAULT_TARGET  # what "auto" chooses for (convert/targets.py)
     install_dir: Path = installmod.INSTALL_DIR
     int8_options: dict = field(default_factory=dict)
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)  # overrides per variant id
@@ -94,6 +96,8 @@ class ConvertResult:
     failures: list[ValidationError]
     report: dict[str, Path]
     installed: Path | None = None
+    # An ONNX choice also installs the target's best TFLite variant (the default build, the on-device file)
+    installed_tflite: Path | None = None
 
 
 def plan(options: ConvertOptions) -> list[tuple[str, str]]:
@@ -110,6 +114,10 @@ def plan(options: ConvertOptions) -> list[tuple[str, str]]:
     pairs = plan_pairs(list(options.formats), list(options.variants))
     if not pairs:
         raise ConversionError("Nothing to convert: no requested variant exists in the requested formats.")
+    if options.target not in targetsmod.TARGETS:
+        raise ConversionError(
+            f"Unknown target {options.target!r}; choose from: {', '.join(targetsmod.TARGETS)}."
+        )
     if options.install not in ("no", "auto"):
         installmod.named_target(options.install, pairs)  # fail before minutes of work, not after
     return pairs
@@ -218,11 +226,13 @@ def report_and_install(
     options: ConvertOptions,
     output_dir: Path,
     failures: list[ValidationError],
-) -> tuple[dict[str, Path], Path | None]:
-    """Write report.{md,json,png}, choose the variant to ship (``--install``), install it.
+) -> tuple[dict[str, Path], Path | None, Path | None]:
+    """Write report.{md,json,png}, choose the variant to ship (``--install``, for ``options.target``),
+    install it and, for an ONNX choice, the TFLite variant ``companion_tflite`` names: the report's paths,
+    the installed model's, the installed companion's (None: none).
 
-    With ``options.ondevice`` the chosen variant also gets its on-device twin (convert.ondevice), whose
-    row joins the report and whose validation failure, if any, joins ``failures``.
+    With ``options.ondevice`` the installed TFLite variant also gets its on-device twin (convert.ondevice),
+    whose row joins the report and whose validation failure, if any, joins ``failures``.
     """
     extra = {
         "model": str(shared.model_path),
@@ -235,17 +245,18 @@ def report_and_install(
     choice, choice_error = None, None
     if options.install == "auto":
         try:
-            choice = installmod.choose_variant(rows, shared.keras_accuracy)["variant"]
+            choice = targetsmod.choose_for_target(rows, shared.keras_accuracy, options.target)["variant"]
         except ConversionError as exc:
             choice_error = exc
     elif options.install != "no":
         choice = installmod.named_target(options.install, pairs)
-    extra["install"] = choice
-    if choice and options.ondevice:
+    tflite_choice = companion_tflite(choice, rows, shared, options)
+    extra.update(target=options.target, install=choice, install_tflite=tflite_choice)
+    if tflite_choice and options.ondevice:
         from convert import ondevice
 
         row, failure = ondevice.build_variant(
-            models[choice],
+            models[tflite_choice],
             output_dir,
             shared.keras_probs,
             shared.images.pixels,
@@ -259,7 +270,27 @@ def report_and_install(
     if choice_error is not None:
         raise choice_error  # after the report, so the user can see why nothing qualified
     installed = installmod.install(models[choice], options.install_dir) if choice else None
-    return report_paths, installed
+    installed_tflite = None
+    if tflite_choice and tflite_choice != choice:
+        installed_tflite = installmod.install(models[tflite_choice], options.install_dir)
+    return report_paths, installed, installed_tflite
+
+
+def companion_tflite(
+    choice: str | None, rows: list[dict], shared: Shared, options: ConvertOptions
+) -> str | None:
+    """The TFLite variant installed with ``choice``: itself, or for an ONNX choice the target's best
+    TFLite one (None if none qualifies), so both bundled models come from the same training output."""
+    if choice is None or choice.startswith("tflite-"):
+        return choice
+    try:
+        chosen = targetsmod.choose_for_target(
+            rows, shared.keras_accuracy, options.target, formats=("tflite",)
+        )
+        return chosen["variant"]
+    except ConversionError as exc:
+        tqdm.write(f"no TFLite variant installed beside {choice}: {exc}")
+        return None
 
 
 def run(
@@ -288,5 +319,5 @@ def run(
                 failures.append(failure)
         shutil.rmtree(saved_model, ignore_errors=True)
 
-    report_paths, installed = report_and_install(rows, models, pairs, shared, options, output_dir, failures)
-    return ConvertResult(rows, models, failures, report_paths, installed)
+    report_paths, *installed = report_and_install(rows, models, pairs, shared, options, output_dir, failures)
+    return ConvertResult(rows, models, failures, report_paths, *installed)

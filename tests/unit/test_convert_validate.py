@@ -188,11 +188,11 @@ def test_install_copies_model_and_sidecar(tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == ["model.json", "model.tflite"]
 
 
-def test_install_refuses_onnx_failed_or_tampered_models(tmp_path):
-    onnx = tmp_path / "onnx_fp32.onnx"
-    onnx.write_bytes(b"x")
-    with pytest.raises(ConversionError, match="Only TFLite"):
-        install(onnx, tmp_path / "dest")
+def test_install_refuses_other_formats_failed_or_tampered_models(tmp_path):
+    saved = tmp_path / "model.pb"
+    saved.write_bytes(b"x")
+    with pytest.raises(ConversionError, match="Only TFLite and ONNX"):
+        install(saved, tmp_path / "dest")
     failed = _installable(tmp_path, passed=False)
     with pytest.raises(SidecarError, match="failed validation"):
         install(failed, tmp_path / "dest")
