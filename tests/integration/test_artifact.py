@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,14 @@ def test_build_refuses_to_clear_a_directory_that_is_not_an_artifact(tmp_path):
     assert result.returncode == 1
     assert "refusing" in result.stderr and "Traceback" not in result.stderr
     assert precious.read_text() == "keep me"
+
+
+def test_a_build_without_its_backends_bundled_model_fails_before_downloading(tmp_path):
+    from deploy.build_artifact import BuildError, build_artifact
+
+    package = tmp_path / "lambda_function"
+    shutil.copytree(REPO / "lambda_function", package, ignore=shutil.ignore_patterns("onnx", "*.tflite"))
+    for backend, missing in (("onnx", "model/onnx/model.onnx"), ("tflite", "model/model.tflite")):
+        with pytest.raises(BuildError, match=f"bundles lambda_function/{missing}, which is missing"):
+            build_artifact(tmp_path / "out", platform="lambda", package=package, backend=backend)
+    assert not (tmp_path / "out").exists()

@@ -397,3 +397,61 @@ def test_the_training_resize_mode_reaches_the_sidecar_and_the_runtime(converted,
     boxed = run(folder / "model.keras", tmp_path / "out", options).models["tflite-fp32"]
     assert read_sidecar(boxed)["input"]["resize"] == "letterbox"
     assert Classifier.from_path(boxed, num_threads=1).resize == "letterbox"
+
+
+def test_both_backends_give_the_same_top1_on_the_same_photos(converted, data_dir):
+    # The tiny model exported to both formats, served by the Lambda's Classifier (LiteRT and ONNX Runtime).
+    from lambda_function.classifier import Classifier
+    from lambda_function.service import classify_bytes
+
+    result, _ = converted
+    photos = [path.read_bytes() for path in sorted((data_dir / "test").glob("*/*"))]
+    for variant in ("fp32", "int8"):
+        lite = Classifier.from_path(result.models[f"tflite-{variant}"], num_threads=1)
+        ort = Classifier.from_path(result.models[f"onnx-{variant}"], num_threads=1)
+        assert (lite.backend, ort.backend) == ("tflite", "onnx")
+        agree = [
+            classify_bytes(photo, lite, 1)["predictions"][0]["label"]
+            == classify_bytes(photo, ort, 1)["predictions"][0]["label"]
+            for photo in photos
+        ]
+        # fp32: only summation order differs; int8: the two quantizers round differently (tolerance of
+        # the looser of the two variants against Keras, convert/validate.py)
+        floor = 1.0 if variant == "fp32" else TOLERANCES["onnx-int8"]["min_top1_agreement"]
+        assert np.mean(agree) >= floor, variant
+
+
+def test_target_installs_the_tables_choice_where_serving_looks(keras_model_path, data_dir, tmp_path):
+    from convert.targets import choose_for_target
+    from lambda_function.classifier import Classifier
+
+    options = ConvertOptions(
+        formats=("tflite", "onnx"),
+        variants=("fp32", "int8"),
+        data_dir=data_dir,
+        calibration_images=12,
+        latency_runs=1,
+        install="auto",
+        target="lambda-x86_64",
+        install_dir=tmp_path / "model",
+        ondevice=False,
+    )
+    result = run(keras_model_path, tmp_path / "out", options)
+    report = json.loads(result.report["json"].read_text())
+    keras_accuracy = report["keras_accuracy"]
+    expected = choose_for_target(result.rows, keras_accuracy, "lambda-x86_64")["variant"]
+    assert (report["target"], report["install"]) == ("lambda-x86_64", expected)
+    # The same rows with another machine's clock (every latency reversed) choose the same.
+    other_clock = [{**row, "latency_p50_ms": 1e4 - row.get("latency_p50_ms", 0.0)} for row in result.rows]
+    assert choose_for_target(other_clock, keras_accuracy, "lambda-x86_64")["variant"] == expected
+    if expected.startswith("onnx-"):
+        assert result.installed == tmp_path / "model" / "onnx" / "model.onnx"
+        assert result.installed_tflite == tmp_path / "model" / "model.tflite"
+        assert (
+            report["install_tflite"]
+            == choose_for_target(result.rows, keras_accuracy, "lambda-x86_64", formats=("tflite",))["variant"]
+        )
+    else:
+        assert result.installed == tmp_path / "model" / "model.tflite" and result.installed_tflite is None
+    served = Classifier.from_path(result.installed, num_threads=1)
+    assert read_sidecar(result.installed)["sha256"] == served.sha256

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,71 @@ def test_a_handler_that_cannot_be_imported_is_an_init_error(artifact):
     assert result.status == "init_error"
     assert result.payload["errorType"] == "Runtime.ImportModuleError"
     assert "lambda_function.missing_module" in result.payload["errorMessage"]
+
+
+# ---------------------------------------------------------------- the ONNX build (make build BACKEND=onnx)
+
+
+@pytest.fixture(scope="module")
+def onnx_artifact(tmp_path_factory) -> Path:
+    """The ONNX build for this interpreter, its bundled model the tiny colour model as ONNX."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from deploy.build_artifact import build_artifact
+    from tests.fixtures import tiny_onnx
+
+    root = tmp_path_factory.mktemp("onnx-artifact")
+    package = root / "lambda_function"
+    shutil.copytree(
+        REPO / "lambda_function", package, ignore=shutil.ignore_patterns("__pycache__", "*.tflite")
+    )
+    (package / "model" / "onnx").mkdir()
+    tiny_onnx.write(package / "model" / "onnx", name="model")
+    built = build_artifact(root / "build", platform="local", package=package, backend="onnx")
+    assert built.backend == "onnx"
+    return built.path
+
+
+def test_the_onnx_build_ships_onnxruntime_and_its_model_only(onnx_artifact):
+    assert (onnx_artifact / "onnxruntime").is_dir() and not (onnx_artifact / "ai_edge_litert").exists()
+    model_dir = onnx_artifact / "lambda_function" / "model"
+    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()) == [
+        "onnx/model.json",
+        "onnx/model.onnx",
+    ]
+
+
+def test_the_onnx_build_serves_under_the_runtime_interface_client(onnx_artifact, samples, tmp_path):
+    from tests.fixtures import tiny_onnx
+
+    with LocalLambda(onnx_artifact, extra_env={"FETCH_ALLOWED_HOSTS": samples.host}) as function:
+        assert not function.init_failed, function.init_logs
+        loaded = [json.loads(line) for line in function.init_logs if '"model loaded"' in line]
+        result = function.invoke(samples.rewrite({"url": "https://example.com/pants.jpg"}))
+    assert len(loaded) == 1 and loaded[0]["backend"] == "onnx", function.init_logs
+    assert result.status == "ok"
+    body = body_of(result.payload)
+    assert body["predictions"][0]["label"] in {"red", "green", "blue"}  # the tiny model's classes
+
+    # MODEL_PATH at an .onnx file outside the task root, as with make invoke-local's --env
+    model = tiny_onnx.write(tmp_path)
+    with LocalLambda(
+        onnx_artifact, extra_env={"FETCH_ALLOWED_HOSTS": samples.host, "MODEL_PATH": str(model)}
+    ) as function:
+        result = function.invoke(samples.rewrite({"url": "https://example.com/pants.jpg"}))
+    assert body_of(result.payload)["model"] == body["model"]
+
+
+def test_an_onnx_model_path_in_the_default_build_is_a_500_that_says_why(artifact, samples, tmp_path):
+    pytest.importorskip("onnx")
+    from tests.fixtures import tiny_onnx
+
+    model = tiny_onnx.write(tmp_path)  # the LiteRT build has no onnxruntime
+    with LocalLambda(
+        artifact, extra_env={"FETCH_ALLOWED_HOSTS": samples.host, "MODEL_PATH": str(model)}
+    ) as function:
+        init_records = [json.loads(line) for line in function.init_logs if line.startswith("{")]
+        result = function.invoke(samples.rewrite({"url": "https://example.com/pants.jpg"}))
+    assert result.payload["error"]["code"] == "model_unavailable"
+    (failure,) = [r for r in init_records if r.get("message") == "model load failed"]
+    assert "BACKEND=onnx" in failure["reason"]
