@@ -96,6 +96,9 @@ PRUNE = {
     "onnxruntime/tools": "model conversion and profiling tools",
     "onnxruntime/quantization": "the quantizer (convert/onnx.py runs it at build time, not here)",
     "onnxruntime/datasets": "sample models",
+    # 35 MB: the C API library for non-Python hosts; the Python binding (onnxruntime_pybind11_state) has
+    # the runtime built in, and a session on it never maps this file (checked 2026-12-05, onnxruntime 1.32).
+    "onnxruntime/capi/libonnxruntime.so*": "the C API library; the Python binding does not load it",
 }
 # Lambda's /var/task is read-only, so Python can never cache bytecode there: without .pyc files shipped,
 # every cold start compiles numpy & co. again (~0.2 s measured here). Hash-based, unchecked .pyc files
