@@ -2,8 +2,9 @@
 
 The model loads once per container, at import (Lambda's init phase), never per request. If it cannot
 load, the import still succeeds: the reason is logged and every request gets a 500 model_unavailable.
-Env: MODEL_PATH (default: the bundled model of MODEL_BACKEND, ``tflite``: ``model/model.tflite``, or ``onnx``:
-``model/onnx/model.onnx``; an ``.onnx`` file is served by ONNX Runtime), NUM_THREADS (default: CPU count),
+Env: MODEL_PATH (default: the bundled model the build ships, ``model/model.tflite`` or, in the ONNX build,
+``model/onnx/model.onnx``; MODEL_BACKEND=tflite|onnx names one; an ``.onnx`` file is served by ONNX
+Runtime), NUM_THREADS (default: CPU count),
 FETCH_ALLOWED_HOSTS (local testing only, see fetch.py), LOG_LEVEL, MIN_CONFIDENCE (a "not sure" threshold,
 0 < t <= 1, off when unset; a request's "min_confidence" overrides it; a bad value answers every request
 with a 500 misconfigured); for bulk events (S3 notifications,

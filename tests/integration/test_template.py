@@ -365,13 +365,14 @@ def test_outputs_name_the_function_and_url():
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_makefile_builds_for_the_template_runtime_and_chosen_arch():
+def test_makefile_builds_for_the_template_runtime_and_chosen_arch_and_backend():
     runtime = load_template()["Resources"][FUNCTION_ID]["Properties"]["Runtime"]
     default = make_dry_run()
     assert "deploy/build_artifact.py" in default and "--platform lambda" in default
     assert f"--python-version {runtime.removeprefix('python')}" in default
     assert "--arch x86_64" in default and '--out "/nonexistent/artifacts"' in default
     assert "--arch arm64" in make_dry_run(ARCH="arm64")
+    assert "--backend tflite" in default and "--backend onnx" in make_dry_run(BACKEND="onnx")
 
 
 # ---------------------------------------------------------------- events/
