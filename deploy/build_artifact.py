@@ -400,7 +400,9 @@ def build_artifact(
             f"the artifact is {size / 1e6:.1f} MB unzipped; Lambda refuses more than "
             f"{LAMBDA_UNZIPPED_LIMIT_BYTES / 1e6:.1f} MB. Fix: a smaller wheel (see ARCH_PINS) or model."
         )
-    artifact = Artifact(out, size, platform, python_version, arch, pruned, bytecode, backend, checked, machines)
+    artifact = Artifact(
+        out, size, platform, python_version, arch, pruned, bytecode, backend, checked, machines
+    )
     (out / BUILD_INFO_NAME).write_text(json.dumps(artifact.info(), indent=2) + "\n", encoding="utf-8")
     return artifact
 
