@@ -17,6 +17,7 @@ keras = pytest.importorskip("keras")
 from tests.integration.test_train import CLASSES, SIZE, _argv, _shape_image  # noqa: E402
 from train import evaluate  # noqa: E402
 from train.__main__ import main  # noqa: E402
+from train.trainer import MAPS_DIR  # noqa: E402
 
 SENDERS = ("s1", "s2", "s3", "s4")
 
@@ -75,7 +76,7 @@ def test_letterbox_extra_photos_and_fine_tune_end_to_end(folders, tmp_path, caps
     history = json.loads((out / "history.json").read_text())
     assert len(history["fine_tune"]["val_accuracy"]) == 1
     # The extra photos have their own feature cache, keyed apart from squash features.
-    assert len(list((out / "cache").glob("features-extra-v0-*.npz"))) == 1
+    assert len(list((out / "cache" / MAPS_DIR).glob("features-extra-v0-*.npz"))) == 1
     # The evaluator reads the resize mode next to the model and reproduces the run's test metrics,
     # which come from the fine-tuned full model itself.
     assert evaluate.main([str(out / "model.keras"), "--data-dir", str(data)]) == 0
@@ -172,7 +173,7 @@ def test_study_extra_groups_folds_by_contributor(folders, tmp_path):
 
 
 def test_grouped_folds_never_split_a_contributor():
-    from studies.extra import grouped_folds
+    from train.folds import grouped_folds
 
     groups = ["a"] * 5 + ["b"] * 3 + ["c"] * 3 + ["d"] * 1 + ["e"] * 2
     folds = grouped_folds(groups, 3)
@@ -203,7 +204,7 @@ def test_photo_views_are_cached_apart_from_affine_views(folders, tmp_path, capsy
     # The same run with the seed's affine views: the image and its mirror are reused, view 2 is not.
     assert main(_argv(data, tmp_path / "affine", *common)) == 0
     assert "features: 4 reused from cache, 1 computed" in capsys.readouterr().out
-    assert len(list(cache.glob("features-train-v2-*.npz"))) == 2
+    assert len(list((cache / MAPS_DIR).glob("features-train-v2-*.npz"))) == 2
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses it: the field's choices
         main(_argv(data, tmp_path / "bad", *common, "--view-style", "cartoon"))
     assert exit_info.value.code == 2
