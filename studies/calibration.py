@@ -78,24 +78,14 @@ def score(
     return rows
 
 
-def grouped_cv_logits(config, x, y, extra_x, extra_y, val_x, extra_folds, weight, num_classes):
-    """Out-of-fold extra logits (heads on train + the other folds' extra photos at ``weight``) and the
-    first fold's heads' validation logits."""
-    from train.trainer import fit_heads
+def grouped_cv(config, x, y, extra_x, extra_y, val_x, extra_folds, weight, num_classes):
+    """Out-of-fold extra logits (train.heldout.grouped_cv_logits, the other folds' extra photos at
+    ``weight``) and the first fold's heads' validation logits."""
+    from train.heldout import grouped_cv_logits
 
-    oof = np.zeros((len(extra_y), num_classes))
-    val_logits = None
-    for held in extra_folds:
-        others = np.setdiff1d(np.arange(len(extra_y)), held)
-        xs = np.concatenate([x, extra_x[others]])
-        ys = np.concatenate([y, extra_y[others]])
-        w = np.concatenate([np.ones(len(y)), np.full(len(others), weight)])
-        heads, _ = fit_heads(config, xs, ys, num_classes, sample_weight=w)
-        model = heads.model()
-        oof[held] = np.asarray(model.predict(extra_x[held], verbose=0))
-        if val_logits is None:
-            val_logits = np.asarray(model.predict(val_x, verbose=0))
-    return val_logits, oof
+    weighted = dataclasses.replace(config, extra_weight=weight)
+    oof, first = grouped_cv_logits(weighted, x, y, extra_x, extra_y, extra_folds, num_classes)
+    return np.asarray(first.model().predict(val_x, verbose=0)), oof
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -107,7 +97,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for config, method in keys:
         runs = [r for r in rows if r["config"] == config and r["calibration"] == method]
 
-        def stat(get):
+        def stat(get, runs=runs):
             values = np.array([get(r) for r in runs], dtype=np.float64)
             return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
 
@@ -214,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from studies.extra import run_record
-    from train.block14 import LAST_BLOCK, block_layers, build_tail, tune_block14
+    from train.block14 import LAST_BLOCK, block_layers, build_tail
     from train.data import DataError, discover, discover_folder
     from train.features import WeightsError, xception_base
     from train.folds import contributors_and_kids, grouped_folds
-    from train.trainer import EXTRA_SPLIT, compiled_head, fit_heads, map_store, set_seeds
+    from train.trainer import EXTRA_SPLIT, fit_heads, map_store, tune_block14_on_train
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {**run_record("studies.calibration", argv), "seeds": list(seeds), "heads": args.heads,
@@ -231,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         store, map_shape = map_store(config, dataset, base)
         extra, extra_paths = store.split_maps(EXTRA_SPLIT, 1, map_shape)
         val, _ = store.split_maps("validation", 1, map_shape)
-        train, _ = store.split_maps("train", 1, map_shape)
+        train, _ = store.split_maps("train", 1, map_shape, np.float16)
     except (DataError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -263,42 +253,33 @@ def main(argv: list[str] | None = None) -> int:
         run_scores("1 head", seed, *heads_logits(cfg, frozen, (seed,)))
         run_scores(f"{k} heads", seed, *heads_logits(cfg, frozen))
         for weight in weights[:1]:
-            run_scores(f"{k} heads + extra x{weight:g}", seed, *grouped_cv_logits(
-                cfg, frozen["train"], train.labels, frozen["extra"], extra.labels, frozen["val"], extra_folds,
-                weight, num_classes))  # fmt: skip
+            run_scores(f"{k} heads + extra x{weight:g}", seed, *grouped_cv(
+                cfg, frozen["train"], train.labels, frozen["extra"], extra.labels, frozen["val"],
+                extra_folds, weight, num_classes))  # fmt: skip
         if args.tune_epochs <= 0:
             continue
         for layer, w in zip(layers14, imagenet14, strict=True):
             layer.set_weights(w)
-        set_seeds(seed)
-        head = compiled_head(cfg, frozen["train"], num_classes)
-        import keras
-
-        head.fit(frozen["train"], keras.utils.to_categorical(train.labels, num_classes), batch_size=cfg.batch_size,
-                 epochs=cfg.epochs, shuffle=True, verbose=0)  # fmt: skip
-
-        def on_epoch(epoch, model):
-            v = np.asarray(model.predict(val.inputs(slice(None)), verbose=0))
-            e = np.asarray(model.predict(extra.inputs(slice(None)), verbose=0))
-            return {"val_top1": float((v.argmax(1) == val.labels).mean()),
-                    "extra_top1": float((e.argmax(1) == extra.labels).mean())}  # fmt: skip
-
-        tuned = tune_block14(tail, layers14, head, train, args.tune_epochs, args.tune_learning_rate,
-                             cfg.batch_size, seed, on_epoch=on_epoch)  # fmt: skip
+        tuned_cfg = dataclasses.replace(
+            cfg, tune_block14_epochs=args.tune_epochs, tune_block14_learning_rate=args.tune_learning_rate
+        )
+        head, tuned = tune_block14_on_train(
+            tuned_cfg, tail, layers14, train, {"validation": val, "extra": extra}, num_classes
+        )
         tuning.append({"seed": seed, **tuned})
         features = {name: s.features(tail) for name, s in (("train", train), ("val", val), ("extra", extra))}
         run_scores("tuned head", seed, np.asarray(head.predict(features["val"], verbose=0)),
                    np.asarray(head.predict(features["extra"], verbose=0)))  # fmt: skip
         run_scores(f"tuned + {k} heads", seed, *heads_logits(cfg, features))
         for weight in weights:
-            run_scores(f"tuned + {k} heads + extra x{weight:g}", seed, *grouped_cv_logits(
+            run_scores(f"tuned + {k} heads + extra x{weight:g}", seed, *grouped_cv(
                 cfg, features["train"], train.labels, features["extra"], extra.labels, features["val"],
                 extra_folds, weight, num_classes))  # fmt: skip
         if args.label_smoothing > 0:
             smooth = dataclasses.replace(cfg, label_smoothing=args.label_smoothing)
-            run_scores(f"tuned + {k} heads + extra x{weights[0]:g} + smoothing {args.label_smoothing:g}", seed,
-                       *grouped_cv_logits(smooth, features["train"], train.labels, features["extra"],
-                                          extra.labels, features["val"], extra_folds, weights[0], num_classes))  # fmt: skip
+            name = f"tuned + {k} heads + extra x{weights[0]:g} + smoothing {args.label_smoothing:g}"
+            run_scores(name, seed, *grouped_cv(smooth, features["train"], train.labels, features["extra"],
+                       extra.labels, features["val"], extra_folds, weights[0], num_classes))  # fmt: skip
         record.update(
             rows=rows, tuning=tuning, table=aggregate(rows), elapsed_s=round(time.perf_counter() - started)
         )

@@ -453,35 +453,43 @@ def load_maps(config: TrainConfig, dataset: Dataset, base: keras.Model) -> Loade
 
 
 def tune_block14_on_train(
-    config: TrainConfig, tail: keras.Model, layers14: list, maps: dict, num_classes: int
-):
+    config: TrainConfig,
+    tail: keras.Model,
+    layers14: list,
+    train: Maps,
+    scored: dict[str, Maps],
+    num_classes: int,
+) -> tuple[keras.Model, dict]:
     """A head on train's frozen features, then block 14 trained with it for ``tune_block14_epochs``
-    (train split only, so the extra photos stay out of what their grouped CV cannot refit); validation
-    is scored each epoch for the record, not to choose."""
-    frozen = maps["train"].features(tail)
+    (train split only, so the extra photos stay out of what their grouped CV cannot refit). Each split
+    of ``scored`` is scored every epoch for the record (``NAME_accuracy``, ``NAME_loss``), not to choose.
+    Returns the head (tuned with block 14) and the tuning's history."""
+    frozen = train.features(tail)
     set_seeds(config.seed)
     head = compiled_head(config, frozen, num_classes)
-    targets = keras.utils.to_categorical(maps["train"].labels, num_classes)
+    targets = keras.utils.to_categorical(train.labels, num_classes)
     head.fit(frozen, targets, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0)
-    val = maps["validation"]
 
     def on_epoch(epoch: int, model: keras.Model) -> dict:
-        logits = np.asarray(model.predict(val.inputs(slice(None)), batch_size=64, verbose=0))
-        accuracy, loss = accuracy_and_loss(logits, val.labels)
-        return {"val_accuracy": accuracy, "val_loss": loss}
+        row = {}
+        for name, split in scored.items():
+            logits = np.asarray(model.predict(split.inputs(slice(None)), batch_size=64, verbose=0))
+            row[f"{name}_accuracy"], row[f"{name}_loss"] = accuracy_and_loss(logits, split.labels)
+        return row
 
     print(f"fine-tuning block 14 on cached block 13 maps: {config.tune_block14_epochs} epochs")
-    return tune_block14(
+    tuned = tune_block14(
         tail,
         layers14,
         head,
-        maps["train"],
+        train,
         config.tune_block14_epochs,
         config.tune_block14_learning_rate,
         config.batch_size,
         config.seed,
         on_epoch=on_epoch,
     )
+    return head, tuned
 
 
 def extra_held_out(config, dataset, loaded, features, x, y, weights, held: HeldOut, num_classes) -> None:
@@ -536,7 +544,9 @@ def train(config: TrainConfig) -> TrainResult:
     tail = build_tail(layers14, maps["train"].maps.shape[1:], maps["train"].pooled.shape[1], config.blocks)
     tuned = None
     if config.tune_block14_epochs > 0:
-        tuned = tune_block14_on_train(config, tail, layers14, maps, num_classes)
+        _, tuned = tune_block14_on_train(
+            config, tail, layers14, maps["train"], {"validation": maps["validation"]}, num_classes
+        )
         phase("tune_block14_s")
     features = {split: m.features(tail) for split, m in maps.items()}
     val_y, test_y = maps["validation"].labels, maps["test"].labels
@@ -622,7 +632,7 @@ def train(config: TrainConfig) -> TrainResult:
     if tuned is not None:
         extra["block14"] = {
             "epochs": config.tune_block14_epochs,
-            "val_accuracy": [row["val_accuracy"] for row in tuned["epochs"]],
+            "val_accuracy": [row["validation_accuracy"] for row in tuned["epochs"]],
             "max_weight_change": tuned["block14_max_weight_change"],
             "batchnorm_max_change": tuned["batchnorm_max_change"],
         }
