@@ -32,36 +32,41 @@ from pathlib import Path
 
 import numpy as np
 
-from train.calibration import METHODS, cross_calibrated, interleaved_folds, summary
+from train.calibration import METHODS, cross_calibrated, summary
 from train.config import TrainConfig
 
 OUTPUT_DIR = Path("artifacts/study_calibration")
 RESULTS_FILE = "study_calibration.json"
+LOGITS_FILE = "study_calibration_logits.json"
 PLOT_FILE = "study_calibration.png"
 HEAD_EPOCHS = 30
 
 
-def held_out_chunks(val_count: int, extra_folds: list[np.ndarray], folds: int) -> list[np.ndarray]:
-    """Chunks of the pool [validation rows, extra rows]: fifths of validation, then the extra folds."""
-    return interleaved_folds(val_count, folds) + [fold + val_count for fold in extra_folds]
+def parse_method(text: str) -> tuple[str, float | None]:
+    """ "temperature" -> (temperature, None: every photo weighs the same); "temperature@0.5" -> the extra
+    photos hold half the calibration fit's weight."""
+    method, _, share = text.partition("@")
+    if method not in METHODS:
+        raise ValueError(f"calibration methods are {METHODS} (optionally @SHARE of the extra photos)")
+    return method, float(share) if share else None
 
 
-def score(
-    name, seed, val_logits, extra_logits, val_y, extra_y, kids, extra_folds, folds, methods
-) -> list[dict]:
-    """Every calibration method's figures for one configuration's held-out logits."""
-    logits = np.concatenate([val_logits, extra_logits])
-    labels = np.concatenate([val_y, extra_y])
-    chunks = held_out_chunks(len(val_y), extra_folds, folds)
+def score(name, seed, val_logits, extra_logits, val_y, extra_y, kids, extra_folds, methods) -> list[dict]:
+    """Every calibration method's figures for one configuration's held-out logits (nested, as trained)."""
+    from train.heldout import HeldOut
+
+    held = HeldOut(val_logits, val_y, extra_logits, extra_y, kids, extra_folds)
+    logits, labels, chunks = held.pool()
     rows = []
-    for method in methods:
-        probs = cross_calibrated(method, logits, labels, chunks)
+    for text in methods:
+        method, share = parse_method(text)
+        probs = cross_calibrated(method, logits, labels, chunks, held.weights(share))
         val_p, extra_p = probs[: len(val_y)], probs[len(val_y) :]
         rows.append(
             {
                 "config": name,
                 "seed": seed,
-                "calibration": method,
+                "calibration": text,
                 "extra": summary(extra_p, extra_y),
                 "extra_kids": summary(extra_p[kids], extra_y[kids])["top1"],
                 "extra_adults": summary(extra_p[~kids], extra_y[~kids])["top1"],
@@ -150,7 +155,7 @@ def plot(table: list[dict], path: Path, method: str) -> None:
     ax.set_title(f"extra photos, grouped CV (mean, range over seeds); {method} calibration")
     ax.legend(loc="lower left", fontsize=7)
     ax = axes[1]
-    for method_name in METHODS:
+    for method_name in dict.fromkeys(r["calibration"] for r in table):
         sub = [r for r in table if r["calibration"] == method_name]
         if sub:
             ax.plot([r["extra_ece"]["mean"] for r in sub], marker="o", label=method_name)
@@ -181,14 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-weights", default="1,3", help="loss weights of the extra photos in training")
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="0: skip that configuration")
     parser.add_argument("--folds", type=int, default=TrainConfig.folds, help="contributor-grouped folds")
-    parser.add_argument("--methods", default=",".join(METHODS), help="calibration methods to compare")
+    parser.add_argument(
+        "--methods",
+        default="none,temperature,temperature@0.5,temperature@1,vector,matrix",
+        help="calibration methods to compare; METHOD@SHARE: the extra photos hold SHARE of the fit's weight",
+    )
     args = parser.parse_args(argv)
     try:
         seeds = tuple(int(part) for part in args.seeds.split(",") if part.strip())
         weights = [float(part) for part in args.extra_weights.split(",") if part.strip()]
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        if not seeds or any(m not in METHODS for m in methods):
-            raise ValueError(f"name at least one seed and methods among {METHODS}")
+        for method in methods:
+            parse_method(method)
+        if not seeds or not methods:
+            raise ValueError("name at least one seed and one method")
         config = TrainConfig(
             data_dir=args.data_dir,
             output_dir=args.output_dir,
@@ -235,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     frozen = {name: s.features(tail) for name, s in (("train", train), ("val", val), ("extra", extra))}
     rows: list[dict] = []
     tuning: list[dict] = []
+    logits: list[dict] = []  # every configuration's held-out logits, for later calibration studies
 
     def run_scores(name, seed, val_logits, extra_logits):
+        logits.append({"config": name, "seed": seed, "validation": np.round(val_logits, 5).tolist(),
+                       "extra": np.round(extra_logits, 5).tolist()})  # fmt: skip
         rows.extend(score(name, seed, val_logits, extra_logits, val.labels, extra.labels, kids, extra_folds,
-                          args.folds, methods))  # fmt: skip
+                          methods))  # fmt: skip
 
     def heads_logits(cfg, features, seeds_=None):
         heads, _ = fit_heads(cfg, features["train"], train.labels, num_classes, seeds=seeds_)
@@ -284,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
             rows=rows, tuning=tuning, table=aggregate(rows), elapsed_s=round(time.perf_counter() - started)
         )
         (args.output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        labels = {"validation": val.labels.tolist(), "extra": extra.labels.tolist()}
+        folds = [f.tolist() for f in extra_folds]
+        saved = {"labels": labels, "kids": kids.tolist(), "extra_folds": folds, "runs": logits}
+        (args.output_dir / LOGITS_FILE).write_text(json.dumps(saved))
     for layer, w in zip(layers14, imagenet14, strict=True):
         layer.set_weights(w)
     record.update(

@@ -65,19 +65,20 @@ class Calibrator:
         return out
 
 
-def nll(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean log-loss of softmax(logits)."""
+def nll(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean log-loss of softmax(logits), each row weighted by ``weights`` when given."""
     probs = softmax(logits)
-    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    losses = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None))
+    return float(np.average(losses, weights=weights))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
-    """The T minimising log-loss, by golden-section search on log T (log-loss is unimodal in it)."""
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Calibrator:
+    """The T minimising (weighted) log-loss, by golden-section search on log T (unimodal in it)."""
     lo, hi = np.log(T_RANGE[0]), np.log(T_RANGE[1])
     ratio = (np.sqrt(5) - 1) / 2
 
     def loss(log_t: float) -> float:
-        return nll(np.asarray(logits, np.float64) / np.exp(log_t), labels)
+        return nll(np.asarray(logits, np.float64) / np.exp(log_t), labels, weights)
 
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = loss(a), loss(b)
@@ -93,19 +94,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> Calibrator:
     return Calibrator("temperature", scale=float(1.0 / np.exp((lo + hi) / 2)))
 
 
-def _fit_affine(logits: np.ndarray, labels: np.ndarray, full: bool) -> Calibrator:
+def _fit_affine(logits: np.ndarray, labels: np.ndarray, full: bool, weights: np.ndarray | None) -> Calibrator:
     """Vector (``full`` False) or matrix scaling by Adam on the log-loss, from the temperature fit."""
     z = np.asarray(logits, np.float64)
     n, k = z.shape
     onehot = np.eye(k)[labels]
-    start = fit_temperature(z, labels).scale
+    row_weight = (np.ones(n) if weights is None else np.asarray(weights, np.float64))[:, None]
+    row_weight = row_weight * n / row_weight.sum()
+    start = fit_temperature(z, labels, weights).scale
     weight = np.eye(k) * start if full else np.full(k, start)
     bias = np.zeros(k)
     params = [weight, bias]
     moments = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
     for step in range(1, FIT_STEPS + 1):
         out = z @ weight.T + bias if full else z * weight + bias
-        grad_out = (softmax(out) - onehot) / n
+        grad_out = row_weight * (softmax(out) - onehot) / n
         grads = [grad_out.T @ z if full else (grad_out * z).sum(axis=0), grad_out.sum(axis=0)]
         if full:
             grads[0] = grads[0] + MATRIX_PULL * (weight - np.eye(k) * start)
@@ -118,15 +121,16 @@ def _fit_affine(logits: np.ndarray, labels: np.ndarray, full: bool) -> Calibrato
     return Calibrator("vector", scale=weight, offset=bias)
 
 
-def fit(method: str, logits: np.ndarray, labels: np.ndarray) -> Calibrator:
-    """The ``method`` calibration map fitted on held-out ``logits`` (N, K) with true ``labels`` (N,)."""
+def fit(method: str, logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Calibrator:
+    """The ``method`` calibration map fitted on held-out ``logits`` (N, K) with true ``labels`` (N,),
+    rows weighted by ``weights`` in the log-loss when given."""
     labels = np.asarray(labels, dtype=np.int64)
     if method == "none" or len(labels) == 0:
         return Calibrator()
     if method == "temperature":
-        return fit_temperature(logits, labels)
+        return fit_temperature(logits, labels, weights)
     if method in ("vector", "matrix"):
-        return _fit_affine(logits, labels, full=method == "matrix")
+        return _fit_affine(logits, labels, method == "matrix", weights)
     raise ValueError(f"calibration must be one of {METHODS}, got {method!r}")
 
 
@@ -232,7 +236,11 @@ def summary(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def cross_calibrated(
-    method: str, logits: np.ndarray, labels: np.ndarray, chunks: list[np.ndarray]
+    method: str,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    chunks: list[np.ndarray],
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Probabilities where each chunk's rows are calibrated by a map fitted on every other row: honest
     calibrated figures for the very photos the calibration is fitted on (nested in the grouped folds)."""
@@ -240,8 +248,16 @@ def cross_calibrated(
     everything = np.arange(len(labels))
     for held in chunks:
         rest = np.setdiff1d(everything, held)
-        probs[held] = softmax(fit(method, logits[rest], labels[rest])(logits[held]))
+        rest_weights = None if weights is None else weights[rest]
+        probs[held] = softmax(fit(method, logits[rest], labels[rest], rest_weights)(logits[held]))
     return probs
+
+
+def share_weights(counts: list[int], shares: list[float]) -> np.ndarray:
+    """Per-row weights giving consecutive groups of ``counts`` rows ``shares`` of the total weight."""
+    return np.concatenate(
+        [np.full(n, share / n) for n, share in zip(counts, shares, strict=True) if n]
+    ) * sum(counts)
 
 
 def interleaved_folds(count: int, folds: int) -> list[np.ndarray]:

@@ -36,6 +36,14 @@ class HeldOut:
     def has_extra(self) -> bool:
         return self.extra_logits is not None and len(self.extra_labels) > 0
 
+    def weights(self, extra_share: float | None) -> np.ndarray | None:
+        """Calibration weights of the pool's rows: None (every photo the same) or the extra photos
+        holding ``extra_share`` of the total weight and validation the rest."""
+        if extra_share is None or not self.has_extra:
+            return None
+        counts = [len(self.val_labels), len(self.extra_labels)]
+        return calibration.share_weights(counts, [1.0 - extra_share, extra_share])
+
     def pool(self) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """(logits, labels, nested chunks) of validation then the extra photos."""
         folds = len(self.extra_folds) if self.has_extra else 5
@@ -86,18 +94,25 @@ def grouped_cv_logits(
     return oof, first
 
 
-def calibrate(method: str, held: HeldOut, threshold_accuracy: float) -> tuple[Calibrator, dict, np.ndarray]:
+def calibrate(
+    method: str, held: HeldOut, threshold_accuracy: float, extra_share: float | None = None
+) -> tuple[Calibrator, dict, np.ndarray]:
     """The map fitted on every held-out row; the nested figures (validation and the extra photos before
     and after calibration, the recommended "not sure" threshold); the nested probabilities of the pool
     (validation rows, then the extra photos)."""
     logits, labels, chunks = held.pool()
-    calibrator = calibration.fit(method, logits, labels)
-    nested = cross_calibrated(method, logits, labels, chunks)
+    weights = held.weights(extra_share)
+    calibrator = calibration.fit(method, logits, labels, weights)
+    nested = cross_calibrated(method, logits, labels, chunks, weights)
     raw = softmax(logits)
     n_val = len(held.val_labels)
     report = {
         **calibrator.to_dict(),
-        "fitted_on": {"validation": n_val, "extra_grouped_cv": len(labels) - n_val},
+        "fitted_on": {
+            "validation": n_val,
+            "extra_grouped_cv": len(labels) - n_val,
+            "extra_share": extra_share,
+        },
         "validation": {
             "uncalibrated": calibration.summary(raw[:n_val], labels[:n_val]),
             "calibrated": calibration.summary(nested[:n_val], labels[:n_val]),
