@@ -90,9 +90,15 @@ class TrainConfig:
         "(photo also redraws every --fine-tune epoch)",
         choices=VIEW_STYLES,
     )
-    epochs: int = option(60, "head epochs on cached features (cheap: seconds each)")
-    keep_best: bool = option(True, "keep the head epoch with the best validation accuracy (else the last)")
-    heads: int = option(1, "heads in the ensemble (seeds SEED, SEED+1, ...), averaged inside the model")
+    epochs: int = option(
+        30, "head epochs on cached features, fixed (as in the grouped-CV folds; seconds each)"
+    )
+    keep_best: bool = option(
+        False,
+        "keep the head epoch with the best validation accuracy; off, so validation stays held out for "
+        "the calibration",
+    )
+    heads: int = option(5, "heads in the ensemble (seeds SEED, SEED+1000, ...), averaged inside the model")
     tune_block14_epochs: int = option(
         0, "epochs of block 14 fine-tuned with a head on cached block 13 maps (0 = frozen)"
     )
@@ -103,6 +109,9 @@ class TrainConfig:
         "calibration map fitted on held-out logits (validation + grouped CV of the extra photos), "
         "inside the model",
         choices=CALIBRATION_METHODS,
+    )
+    calibration_extra_share: float | None = option(
+        None, "share of the calibration fit's weight on the extra photos; None = every photo the same"
     )
     folds: int = option(5, "contributor-grouped folds of the --extra-dir photos (sender_id in images.csv)")
     threshold_accuracy: float = option(
@@ -174,6 +183,8 @@ class TrainConfig:
             raise ValueError(f"extra_weight must be positive, got {self.extra_weight}")
         if self.calibration not in CALIBRATION_METHODS:
             raise ValueError(f"calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}")
+        if self.calibration_extra_share is not None and not 0.0 <= self.calibration_extra_share <= 1.0:
+            raise ValueError(f"calibration_extra_share must be in [0, 1], got {self.calibration_extra_share}")
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if not 0.0 < self.threshold_accuracy < 1.0:

@@ -577,7 +577,7 @@ def train(config: TrainConfig) -> TrainResult:
             extra_held_out(config, dataset, loaded, features, x, y, weights, held, num_classes)
             phase("grouped_cv_s")
     calibrator, calibration_report, nested = heldout.calibrate(
-        config.calibration, held, config.threshold_accuracy
+        config.calibration, held, config.threshold_accuracy, config.calibration_extra_share
     )
     heads.set_calibration(calibrator)
     # The same (trained, perhaps fine-tuned) layers, calibrated, without any optimizer state.

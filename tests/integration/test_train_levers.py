@@ -86,6 +86,41 @@ def test_letterbox_extra_photos_and_fine_tune_end_to_end(folders, tmp_path, caps
     assert alone["loss"] == pytest.approx(metrics["loss"], abs=1e-4)
 
 
+def test_ensemble_block14_and_calibration_from_grouped_folds(folders, tmp_path):
+    """The recipe of issue 19 end to end: block 14 tuned on cached maps, an ensemble of heads on train +
+    extra photos, out-of-fold logits of the extra photos by contributor, a temperature in the model."""
+    data, extra = folders
+    out = tmp_path / "run"
+    argv = _argv(data, out, "--feature-backend", "keras", "--train-views", "1", "--extra-dir", str(extra))
+    argv += ["--heads", "2", "--folds", "2", "--tune-block14-epochs", "1", "--extra-weight", "2"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["method"] == "temperature" and calibration["temperature"] > 0
+    assert calibration["fitted_on"] == {"validation": 6, "extra_grouped_cv": 8, "extra_share": None}
+    cv = calibration["extra_grouped_cv"]
+    assert cv["folds"] == 2 and cv["calibrated"]["images"] == 8
+    assert cv["kids"]["images"] == 3 and cv["adults"]["images"] == 5
+    assert {"validation", "extra_grouped_cv"} <= set(calibration["risk_coverage"])
+    assert calibration["test"]["images"] == 6 and "target_accuracy" in calibration["threshold"]
+    assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"
+    # Block 14's convolutions moved, its BatchNorm did not; the saved model holds the tuned block and
+    # agrees with the heads on the cached (tuned) features.
+    assert metrics["block14"]["max_weight_change"] > 0 and metrics["block14"]["batchnorm_max_change"] == 0.0
+    assert metrics["assembly_check"]["max_abs_diff"] <= 1e-3
+    model = keras.saving.load_model(out / "model.keras")
+    names = [layer.name for layer in model.layers]
+    assert names[-2:] == ["ensemble", "calibration"] and {"logits_1", "logits_2"} <= set(names)
+    scale = model.get_layer("calibration").scale
+    assert scale == pytest.approx(1 / calibration["temperature"], rel=1e-5)
+    # The evaluator (full Keras model on pixels) reproduces the run's calibrated test figures.
+    assert evaluate.main([str(out / "model.keras"), "--data-dir", str(data)]) == 0
+    alone = json.loads((out / "evaluation-test" / "metrics.json").read_text())
+    assert alone["confusion_matrix"] == metrics["confusion_matrix"]
+    assert alone["loss"] == pytest.approx(metrics["loss"], abs=1e-4)
+    assert json.loads((out / "config.json").read_text())["data"]["train_rows"] == 12 + 8
+
+
 def test_evaluate_takes_a_label_image_folder_and_reports_kids_and_adults(folders, tmp_path, capsys):
     data, extra = folders
     out = tmp_path / "plain"
