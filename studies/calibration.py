@@ -8,7 +8,8 @@ From the training cache of block-13 maps (train/block14.py; one LiteRT pass per 
   before every seed), the head it was tuned with;
 - ``tuned + K heads``: K new heads on the tuned block 14's features;
 - ``... + extra xW``: the same heads with the other folds' extra photos in training at loss weight W, in
-  contributor-grouped folds (every extra photo scored by heads that never saw its contributor);
+  contributor-grouped folds (every extra photo scored by heads that never saw its contributor); on the
+  frozen block 14 at the first weight only when block 14 is tuned too, at every weight otherwise;
 - ``... + label smoothing``: the heads trained with label smoothing.
 
 Every set of logits is then calibrated with each method (none, temperature, vector, matrix) fitted on
@@ -16,7 +17,8 @@ the held-out pool, validation + the extra photos, nested: each extra fold and ea
 is calibrated by a map fitted on all the other rows. Reported per configuration and method: top-1,
 top-3, ECE (15 bins), Brier, accuracy on the 90/80/70% most confident, on the extra photos (kids /
 adults) and validation; mean and range over seeds. The test split is never read. Heads train a fixed
-number of epochs, so no choice is made on what is scored. Docs: docs/lab/calibration.md.
+number of epochs, so no choice is made on what is scored. Docs: docs/lab/calibration.md; the run
+behind the defaults is in studies/study_calibration.json (rounded).
 
     python -m studies.calibration --data-dir DIR --extra-dir EXTRA --weights PATH --cache-dir CACHE
 """
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(config, seed=seed)
         run_scores("1 head", seed, *heads_logits(cfg, frozen, (seed,)))
         run_scores(f"{k} heads", seed, *heads_logits(cfg, frozen))
-        for weight in weights[:1]:
+        for weight in weights if args.tune_epochs <= 0 else weights[:1]:
             run_scores(f"{k} heads + extra x{weight:g}", seed, *grouped_cv(
                 cfg, frozen["train"], train.labels, frozen["extra"], extra.labels, frozen["val"],
                 extra_folds, weight, num_classes))  # fmt: skip
