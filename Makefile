@@ -4,6 +4,8 @@ PYTHON      ?= python3
 DATA_DIR    ?= data/clothing-dataset-small
 DATA_REPO   ?= https://github.com/alexeygrigorev/clothing-dataset-small
 WEIGHTS     ?= imagenet
+# Photos by other contributors (clothing-dataset-extra, beside DATA_DIR) join training when present.
+EXTRA_DIR   ?= $(wildcard $(dir $(patsubst %/,%,$(DATA_DIR)))clothing-dataset-extra)
 TRAIN_DIR   ?= artifacts/train
 EXPORT_DIR  ?= artifacts/export
 # Where make convert installs the chosen model and make model-card measures it (the one the function serves).
@@ -97,8 +99,9 @@ data: ## [train] Clone the dataset into DATA_DIR unless it is already there
 	@if [ -d "$(DATA_DIR)/train" ]; then echo "$(DATA_DIR) already holds the dataset"; \
 	else git clone --depth 1 $(DATA_REPO) $(DATA_DIR); fi
 
-train: $(DEV_VENV)/.installed ## [train] Xception transfer learning on DATA_DIR/{train,validation,test}/<class>/ with WEIGHTS -> TRAIN_DIR
-	$(DEV_PY) -m train --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR) --weights $(WEIGHTS) $(TRAIN_ARGS)
+train: $(DEV_VENV)/.installed ## [train] Xception transfer learning on DATA_DIR/{train,validation,test}/<class>/ (+ EXTRA_DIR) with WEIGHTS -> TRAIN_DIR
+	$(DEV_PY) -m train --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR) --weights $(WEIGHTS) \
+		$(if $(EXTRA_DIR),--extra-dir $(EXTRA_DIR)) $(TRAIN_ARGS)
 
 evaluate: $(DEV_VENV)/.installed ## [train] Re-evaluate TRAIN_DIR/model.keras on the test split (full Keras model, slow)
 	$(DEV_PY) -m train.evaluate $(TRAIN_DIR)/model.keras --data-dir $(DATA_DIR) --output-dir $(TRAIN_DIR)/evaluation

@@ -37,11 +37,17 @@ TRAINING_KEYS = (
     "standardize",
     "dense_units",
     "dropout",
+    "heads",
+    "tune_block14_epochs",
+    "label_smoothing",
     "train_views",
     "view_style",
     "extra_dir",
+    "extra_weight",
     "fine_tune",
 )
+# Written by ``python -m train`` next to model.keras; its "calibration" block becomes the sidecar's.
+TRAINING_METRICS = "metrics.json"
 
 
 def training_facts(model_path: str | Path) -> dict | None:
@@ -65,6 +71,36 @@ def training_facts(model_path: str | Path) -> dict | None:
     return facts
 
 
+def calibration_facts(model_path: str | Path) -> dict | None:
+    """The sidecar's ``calibration`` record, from the training run's metrics.json next to ``model_path``:
+    the map inside the model, what it was fitted on, its nested held-out figures (validation, the extra
+    photos' grouped CV), their risk-coverage points and the recommended "not sure" threshold. Test-split
+    figures stay out: the model card measures the converted file itself. None without a calibration."""
+    path = Path(model_path).with_name(TRAINING_METRICS)
+    if not path.is_file():
+        return None
+    try:
+        record = read_json_object(path, "Training metrics")
+    except JSONFileError as exc:
+        raise ModelLoadError(str(exc)) from None
+    trained = record.get("calibration")
+    if not isinstance(trained, dict) or "method" not in trained:
+        return None
+    facts = {k: v for k, v in trained.items() if k in ("method", "temperature", "scale", "offset", "matrix")}
+    facts["in_model"] = True  # a layer of the graph: no runtime applies it again
+    facts["fitted_on"] = trained.get("fitted_on")
+    facts["held_out"] = {
+        "validation": (trained.get("validation") or {}).get("calibrated"),
+        "extra_grouped_cv": trained.get("extra_grouped_cv"),
+    }
+    facts["risk_coverage"] = trained.get("risk_coverage")
+    threshold = dict(trained.get("threshold") or {})
+    threshold.pop("test", None)
+    threshold["recommended"] = (threshold.get("held_out") or {}).get("threshold")
+    facts["threshold"] = threshold
+    return facts
+
+
 def write_sidecar(
     model_path: str | Path,
     format: str,
@@ -76,11 +112,13 @@ def write_sidecar(
     validation: dict | None = None,
     training: dict | None = None,
     resize: str = DEFAULT_RESIZE,
+    calibration: dict | None = None,
 ) -> Path:
     """Write ``NAME.json`` (the schema the serving code reads) next to ``model_path``; return its path.
 
     ``input.resize`` names the resize mode the model was trained with (lambda_function.preprocess);
     the runtime serves a sidecar without it as "squash", the only mode before the key existed.
+    ``calibration`` (:func:`calibration_facts`) documents the calibration layer inside the model.
     """
     check_variant(format, variant)
     check_resize_mode(resize)
@@ -110,6 +148,11 @@ def write_sidecar(
         meta["validation"] = validation
     if training is not None:
         meta["training"] = training
+    if calibration is not None:
+        problem = schema.calibration_problem(calibration)
+        if problem:
+            raise SidecarError(f"Cannot write the sidecar of {model_path}: {problem}.")
+        meta["calibration"] = calibration
     path = sidecar_path(model_path)
     path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return path

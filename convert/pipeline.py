@@ -24,7 +24,7 @@ from convert import install as installmod
 from convert import report as reportmod
 from convert import targets as targetsmod
 from convert.errors import ConversionError, UnknownVariantError, ValidationError
-from convert.metadata import sha256_file, training_facts, write_sidecar
+from convert.metadata import calibration_facts, sha256_file, training_facts, write_sidecar
 from convert.onnx import to_onnx_fp32, to_onnx_int8
 from convert.runners import load_runner
 from convert.savedmodel import (
@@ -87,6 +87,7 @@ class Shared:
     calibration_info: dict = field(default_factory=dict)
     training: dict | None = None  # facts for the model card, from the training run's config.json
     resize: str = DEFAULT_RESIZE  # how the model's photos are made square (its sidecar's input.resize)
+    calibration: dict | None = None  # the calibration layer's record, from the training run's metrics.json
 
 
 @dataclass
@@ -154,6 +155,7 @@ def load_shared(model, model_path: Path, output_dir: Path, options: ConvertOptio
         keras_accuracy,
         training=training,
         resize=resize,
+        calibration=calibration_facts(model_path),
     )
 
     if int8:
@@ -206,7 +208,7 @@ def convert_variant(
     del runner
     write_sidecar(
         path, fmt, variant, shared.labels, shared.size, shared.model_path, quantization, result.to_dict(),
-        shared.training, shared.resize,
+        shared.training, shared.resize, shared.calibration,
     )  # fmt: skip
     bench = reportmod.benchmark(path, shared.images.pixels[0], runs=options.latency_runs)
     row = reportmod.variant_row(vid, path, result.to_dict(), bench)

@@ -17,7 +17,7 @@ from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 # Every sidecar has these; the runtime relies on labels, input, output and sha256, the rest documents
-# the file for people (and the model card). Optional: "validation", "training".
+# the file for people (and the model card). Optional: "validation", "training", "calibration".
 REQUIRED_KEYS = (
     "schema_version",
     "format",
@@ -33,6 +33,12 @@ REQUIRED_KEYS = (
 )
 OUTPUTS = ("logits", "probabilities")
 WHAT = "Metadata sidecar"
+# Optional "calibration": how the model's logits were calibrated. The map is a layer inside the model, so
+# every runtime gets calibrated scores from the file alone and nothing reads this to compute a score: it
+# records the map, what it was fitted on, its held-out figures and the recommended "not sure" threshold
+# (for people and the model card). Absent means the file's scores are the model's raw softmax, as in
+# every sidecar written before the key existed; such files are served exactly as before.
+CALIBRATION_METHODS = ("none", "temperature", "vector", "matrix")
 
 
 class SidecarProblem(ValueError):
@@ -69,7 +75,24 @@ def read_sidecar(path: str | Path) -> dict:
         raise SidecarProblem(
             f"{WHAT} {path}: input resize mode must be one of {choices}, not {inp['resize']!r}."
         )
+    problem = calibration_problem(meta.get("calibration"))
+    if problem:
+        raise SidecarProblem(f"{WHAT} {path}: {problem}.")
     return meta
+
+
+def calibration_problem(record) -> str | None:
+    """What is wrong with an optional ``calibration`` record, or None (absent is fine)."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or record.get("method") not in CALIBRATION_METHODS:
+        return f"calibration must be an object whose method is one of {', '.join(CALIBRATION_METHODS)}"
+    threshold = (record.get("threshold") or {}).get("recommended")
+    if threshold is not None and not (
+        isinstance(threshold, int | float) and not isinstance(threshold, bool) and 0.0 < threshold < 1.0
+    ):
+        return f"calibration's recommended threshold must be a number between 0 and 1, not {threshold!r}"
+    return None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -23,66 +23,21 @@ import argparse
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lambda_function.preprocess import RESIZE_MODES
+from train.block14 import MAP_BLOCK, Maps
 from train.config import FEATURE_BACKENDS, TrainConfig, parse_blocks
 
-POOLED_BLOCKS = (11, 12)  # pooled at extraction
-MAP_BLOCK = 13  # cached whole; block 14 runs on it
+POOLED_BLOCKS = (11, 12)  # pooled at extraction (train.block14: the blocks before the cached map)
 HEAD_EPOCHS = 30  # as studies.extra: fixed, no head picks its epoch on what it is scored on
 FOLDS = 5
 OUTPUT_DIR = Path("artifacts/study_block14")
 RESULTS_FILE = "study_block14.json"
 PLOT_FILE = "study_block14.png"
 PHOTO_VIEW = 2  # the first random view index: views 0 and 1 are the photo and its mirror
-
-
-@dataclass
-class Split:
-    pooled: np.ndarray  # (N, widths of POOLED_BLOCKS) float32
-    maps: np.ndarray  # (N, h, w, c) float16: block 13's output, half the memory of float32
-    labels: np.ndarray
-
-    def features(self, tail, batch: int = 64) -> np.ndarray:
-        """Pooled blocks 11-14 (block 14 through ``tail``'s current weights), float32 (N, total width)."""
-        parts = [
-            np.asarray(tail([self.maps[i : i + batch].astype(np.float32), self.pooled[i : i + batch]]))
-            for i in range(0, len(self.labels), batch)
-        ]
-        return np.concatenate(parts)
-
-
-def block14_layers(image_size: int, weights: str) -> list:
-    """Block 14's layers with ``weights`` (the extractor's file): the extractor stops at block 13."""
-    import keras
-
-    from train.features import keras_weights_arg
-
-    base = keras.applications.Xception(
-        include_top=False, weights=keras_weights_arg(weights), input_shape=(image_size, image_size, 3)
-    )
-    base.trainable = False
-    return [layer for layer in base.layers if layer.name.startswith("block14_")]
-
-
-def build_tail(layers14: list, channels: int, pooled_width: int):
-    """[block 13 map, pooled blocks 11-12] -> pooled blocks 11, 12, 13, 14, sharing block 14's layers."""
-    import keras
-    from keras import layers
-
-    maps = keras.Input((None, None, channels), name="block13_map")
-    pooled = keras.Input((pooled_width,), name="pooled_11_12")
-    x = maps
-    for layer in layers14:  # block 14 is a plain chain: sepconv, BN, relu, sepconv, BN, relu
-        x = layer(x)
-    features = layers.Concatenate(name="blocks_11_14")(
-        [pooled, layers.GlobalAveragePooling2D()(maps), layers.GlobalAveragePooling2D()(x)]
-    )
-    return keras.Model([maps, pooled], features, name="block14_tail")
 
 
 def columns(blocks: tuple[int, ...], widths: dict[int, int]) -> np.ndarray:
@@ -139,7 +94,8 @@ def weighted_extra_cv(
     config, folds, cols, weights, seeds, train_x, train_y, extra, kids, groups, epochs, num_classes
 ):
     """Grouped CV on the extra photos with the other folds' photos in training at each sample weight."""
-    from studies.extra import fit_predict, grouped_folds
+    from studies.extra import fit_predict
+    from train.folds import grouped_folds
 
     rows = []
     for weight in weights:
@@ -162,109 +118,58 @@ def weighted_extra_cv(
     return rows
 
 
-class MapBatches:
-    """Shuffled ([block 13 maps as float32, pooled], one-hot) batches: float32 maps of all of train would
-    take twice the cache's memory."""
-
-    def __init__(self, data: Split, num_classes: int, batch_size: int, seed: int):
-        import keras
-
-        self.data, self.batch_size = data, batch_size
-        self.targets = keras.utils.to_categorical(data.labels, num_classes)
-        self.rng = np.random.default_rng(seed)
-
-    def epoch(self):
-        order = self.rng.permutation(len(self.data.labels))
-        for start in range(0, len(order), self.batch_size):
-            rows = np.sort(order[start : start + self.batch_size])
-            yield [self.data.maps[rows].astype(np.float32), self.data.pooled[rows]], self.targets[rows]
-
-
 def fine_tune_block14(
     config, tail, layers14, train, frozen, val, extra, kids, epochs, learning_rate, head_epochs, num_classes
 ):
-    """Head on ``frozen`` (train's features before block 14 moves), then block 14 trained with it;
-    validation and extra photos scored every epoch."""
+    """Head on ``frozen`` (train's features before block 14 moves), then block 14 trained with it
+    (train.block14.tune_block14); validation and extra photos scored every epoch."""
     import keras
-    from keras import layers
 
     from lambda_function.classifier import softmax
     from studies.extra import accuracy
+    from train.block14 import tune_block14
     from train.trainer import compiled_head, set_seeds
 
     set_seeds(config.seed)
     head = compiled_head(config, frozen, num_classes)
     head.fit(frozen, keras.utils.to_categorical(train.labels, num_classes), batch_size=config.batch_size,
              epochs=head_epochs, shuffle=True, verbose=0)  # fmt: skip
-    model = keras.Model(tail.inputs, head(tail.output), name="block14_and_head")
 
-    def score(epoch: int, loss: float | None) -> dict:
-        val_p = softmax(np.asarray(model.predict([val.maps.astype(np.float32), val.pooled], verbose=0)))
-        extra_p = softmax(np.asarray(model.predict([extra.maps.astype(np.float32), extra.pooled], verbose=0)))
-        row = {"epoch": epoch, "train_loss": loss, **hit_rates(extra_p, extra.labels, kids)}
-        row["validation"] = accuracy(val_p, val.labels)
+    def score(epoch: int, model) -> dict:
+        val_p = softmax(np.asarray(model.predict(val.inputs(slice(None)), verbose=0)))
+        extra_p = softmax(np.asarray(model.predict(extra.inputs(slice(None)), verbose=0)))
+        row = {**hit_rates(extra_p, extra.labels, kids), "validation": accuracy(val_p, val.labels)}
         print(f"[fine-tune block 14] epoch {epoch}: {json.dumps(row)}", flush=True)
         return row
 
-    before = [np.asarray(v).copy() for v in _weights(layers14, convolutions=False)]
-    history = [score(0, None)]
-    for layer in layers14:  # BatchNorm stays frozen: batches of 32 would replace ImageNet's statistics
-        layer.trainable = bool(layer.weights) and not isinstance(layer, layers.BatchNormalization)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    before = score(0, keras.Model(tail.inputs, head(tail.output)))
+    tuned = tune_block14(
+        tail, layers14, head, train, epochs, learning_rate, config.batch_size, config.seed, on_epoch=score
     )
-    moved_from = [np.asarray(v).copy() for v in _weights(layers14, convolutions=True)]
-    batches = MapBatches(train, num_classes, config.batch_size, config.seed)
-    for epoch in range(1, epochs + 1):
-        losses = [float(model.train_on_batch(x, y)) for x, y in batches.epoch()]
-        history.append(score(epoch, float(np.mean(losses))))
-    return {
-        "epochs": history,
-        # What moved: block 14's convolutions must, its BatchNorm (weights and statistics) must not.
-        "block14_max_weight_change": _max_change(_weights(layers14, convolutions=True), moved_from),
-        "batchnorm_max_change": _max_change(_weights(layers14, convolutions=False), before),
-    }
+    tuned["epochs"] = [{"epoch": 0, "train_loss": None, **before}, *tuned["epochs"]]
+    return tuned
 
 
-def _weights(layers14: list, convolutions: bool) -> list:
-    """Block 14's convolution kernels (``convolutions``) or its BatchNorm weights and statistics."""
-    from keras import layers
-
-    return [
-        v
-        for layer in layers14
-        if isinstance(layer, layers.BatchNormalization) != convolutions
-        for v in layer.weights
-    ]
-
-
-def _max_change(now: list, then: list[np.ndarray]) -> float:
-    return max(float(np.abs(np.asarray(v) - w).max()) for v, w in zip(now, then, strict=True))
-
-
-def load_cache(config: TrainConfig, extra_dir: Path, extractor, photo_view: bool):
-    """The cached splits (train, its photo view or None, validation, extra) and the extra photos' table."""
-    from studies.extra import contributors_and_kids
+def load_cache(config: TrainConfig, extra_dir: Path, base, photo_view: bool):
+    """The cached splits (train, its photo view or None, validation, extra) and the extra photos' table:
+    the training cache of block 13 maps (train.trainer.map_store)."""
     from train.data import discover, discover_folder
-    from train.trainer import EXTRA_SPLIT, FeatureStore
+    from train.folds import contributors_and_kids
+    from train.trainer import EXTRA_SPLIT, map_store
 
     dataset = discover(config.data_dir, config.limit_per_class)
     dataset.splits[EXTRA_SPLIT] = discover_folder(extra_dir, dataset.class_names, EXTRA_SPLIT)
-    store = FeatureStore(config, dataset, extractor)
-    map_shape = tuple(int(d) for d in extractor.get_layer("xception_blocks").output[-1].shape[1:])
-    pooled_width = store.dim - int(np.prod(map_shape))
-
-    def split(name: str, view: int = 0) -> tuple[Split, np.ndarray]:
-        flat, kept, _ = store.get(name, view)
-        maps = flat[:, pooled_width:].reshape((-1, *map_shape)).astype(np.float16)
-        return Split(flat[:, :pooled_width].copy(), maps, dataset.splits[name].labels[kept]), kept
-
-    extra, kept = split(EXTRA_SPLIT)  # first: the figure that matters, and the cheapest to compute
-    val, _ = split("validation")
-    train, _ = split("train")
-    photo = split("train", PHOTO_VIEW)[0] if photo_view else None
-    groups, kids = contributors_and_kids(extra_dir, dataset.splits[EXTRA_SPLIT].paths, kept)
+    store, map_shape = map_store(config, dataset, base)
+    extra, extra_paths = store.split_maps(EXTRA_SPLIT, 1, map_shape)  # first: the cheapest to compute
+    val, _ = store.split_maps("validation", 1, map_shape)
+    train, _ = store.split_maps("train", 1, map_shape, np.float16)
+    photo = None
+    if photo_view:  # view PHOTO_VIEW alone: views 0 and 1 (the photo and its mirror) are not both wanted
+        flat, kept, _ = store.get("train", PHOTO_VIEW)
+        width = store.dim - int(np.prod(map_shape))
+        photo = Maps(flat[:, :width].copy(), flat[:, width:].reshape((-1, *map_shape)).astype(np.float16),
+                     dataset.splits["train"].labels[kept])  # fmt: skip
+    groups, kids = contributors_and_kids(extra_dir, extra_paths, np.arange(len(extra_paths)))
     return train, photo, val, extra, groups, kids, len(dataset.class_names)
 
 
@@ -342,25 +247,25 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("name at least one seed")
         if weights and args.folds < 2:
             raise ValueError(f"folds must be at least 2, got {args.folds}")
-        cache = (args.cache_dir or args.output_dir / "cache") / "block13-maps"  # never a training cache
         config = TrainConfig(
             data_dir=args.data_dir,
             output_dir=args.output_dir,
             weights=args.weights,
             image_size=args.image_size,
             resize=args.resize,
-            pooled_blocks=",".join(map(str, POOLED_BLOCKS)),
             view_style="photo",
             feature_backend=args.feature_backend,
             limit_per_class=args.limit_per_class,
-            cache_dir=cache,
+            cache_dir=args.cache_dir or args.output_dir / "cache",  # maps go to its block13-maps/
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from studies.extra import run_record
+    from train.block14 import block_layers, build_tail
+    from train.config import LAST_BLOCK
     from train.data import DataError
-    from train.features import WeightsError, build_extractor
+    from train.features import WeightsError, xception_base
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -371,15 +276,15 @@ def main(argv: list[str] | None = None) -> int:
         "head_epochs": args.epochs,
     }
     try:
-        extractor = build_extractor(args.image_size, args.weights, POOLED_BLOCKS, map_block=MAP_BLOCK)
+        base = xception_base(args.image_size, args.weights)
         train, photo, val, extra, groups, kids, num_classes = load_cache(
-            config, args.extra_dir, extractor, args.photo_view
+            config, args.extra_dir, base, args.photo_view
         )
     except (DataError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    layers14 = block14_layers(args.image_size, args.weights)
-    tail = build_tail(layers14, train.maps.shape[-1], train.pooled.shape[1])
+    layers14 = block_layers(base, LAST_BLOCK)
+    tail = build_tail(layers14, train.maps.shape[1:], train.pooled.shape[1], config.blocks)
     # Blocks 11 and 12 (Xception's middle flow) have the same width; block 14's is what the tail adds.
     half, channels = train.pooled.shape[1] // 2, train.maps.shape[-1]
     widths = {11: half, 12: half, 13: channels, 14: int(tail.output.shape[-1]) - 2 * half - channels}

@@ -29,30 +29,13 @@ import numpy as np
 
 from lambda_function.preprocess import RESIZE_MODES
 from train.config import FEATURE_BACKENDS, TrainConfig
+from train.folds import contributors_and_kids, grouped_folds
 
 FOLDS = 5
 EPOCHS = 30  # as studies.choose_blocks: fixed, so that no fold picks its epoch on the data it is scored on
 OUTPUT_DIR = Path("artifacts/study_extra")
 RESULTS_FILE = "study_extra.json"
 PLOT_FILE = "study_extra.png"
-
-
-def grouped_folds(groups: list[str], folds: int) -> list[np.ndarray]:
-    """Held-out index arrays with every group in exactly one fold; folds balanced by image count.
-
-    Largest groups first, each to the fold holding the fewest images so far (ties: lowest fold):
-    deterministic, and no contributor's photos are on both sides of a split.
-    """
-    names, counts = np.unique(np.asarray(groups), return_counts=True)
-    if len(names) < folds:
-        raise ValueError(f"{len(names)} groups cannot fill {folds} folds")
-    sizes = [0] * folds
-    members: list[list[int]] = [[] for _ in range(folds)]
-    for name, count in sorted(zip(names, counts, strict=True), key=lambda nc: (-nc[1], nc[0])):
-        fold = sizes.index(min(sizes))
-        sizes[fold] += int(count)
-        members[fold].extend(i for i, g in enumerate(groups) if g == name)
-    return [np.asarray(sorted(m), dtype=np.int64) for m in members]
 
 
 def fit_predict(
@@ -93,19 +76,6 @@ def run_record(module: str, argv: list[str] | None) -> dict:
         "command": f"python -m {module} " + " ".join(args),
         "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-def contributors_and_kids(
-    extra_dir: Path, paths: list[Path], kept: np.ndarray
-) -> tuple[list[str], np.ndarray]:
-    """For the ``kept`` photos of an extra folder: each one's contributor (``sender_id`` in its images.csv;
-    the photo itself when unknown, so it forms a group of one) and whether it is kids' clothing."""
-    from train.data import read_image_table
-
-    table = read_image_table(extra_dir)
-    rows = [table.get(paths[i].stem, {}) for i in kept]
-    groups = [r.get("sender_id", paths[i].stem) for r, i in zip(rows, kept, strict=True)]
-    return groups, np.asarray([r.get("kids", "") == "True" for r in rows])
 
 
 def mean_of(runs: list[dict], key: str) -> float | None:

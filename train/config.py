@@ -28,6 +28,7 @@ from pathlib import Path
 from lambda_function.jsonfile import JSONFileError, read_json
 from lambda_function.preprocess import DEFAULT_RESIZE, RESIZE_MODES, check_resize_mode
 from train.augment import SHEAR_DEG, VIEW_STYLES, ZOOM
+from train.calibration import METHODS as CALIBRATION_METHODS
 from train.data import MAX_UNREADABLE_FRACTION
 from train.errors import RunConfigError
 
@@ -89,7 +90,33 @@ class TrainConfig:
         "(photo also redraws every --fine-tune epoch)",
         choices=VIEW_STYLES,
     )
-    epochs: int = option(60, "head epochs on cached features (cheap: seconds each)")
+    epochs: int = option(
+        30, "head epochs on cached features, fixed (as in the grouped-CV folds; seconds each)"
+    )
+    keep_best: bool = option(
+        False,
+        "keep the head epoch with the best validation accuracy; off, so validation stays held out for "
+        "the calibration",
+    )
+    heads: int = option(5, "heads in the ensemble (seeds SEED, SEED+1000, ...), averaged inside the model")
+    tune_block14_epochs: int = option(
+        0, "epochs of block 14 fine-tuned with a head on cached block 13 maps (0 = frozen)"
+    )
+    tune_block14_learning_rate: float = option(3e-5, "Adam learning rate of the block 14 fine-tuning")
+    extra_weight: float = option(1.0, "loss weight of each --extra-dir photo (train photos weigh 1)")
+    calibration: str = option(
+        "temperature",
+        "calibration map fitted on held-out logits (validation + grouped CV of the extra photos), "
+        "inside the model",
+        choices=CALIBRATION_METHODS,
+    )
+    calibration_extra_share: float | None = option(
+        None, "share of the calibration fit's weight on the extra photos; None = every photo the same"
+    )
+    folds: int = option(5, "contributor-grouped folds of the --extra-dir photos (sender_id in images.csv)")
+    threshold_accuracy: float = option(
+        0.95, "the recommended 'not sure' threshold is the lowest whose answers reach this held-out accuracy"
+    )
     batch_size: int = option(32, "head training batch size")
     learning_rate: float = option(1e-3, "Adam learning rate")
     dense_units: int = option(
@@ -148,7 +175,23 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.limit_per_class is not None and self.limit_per_class < 1:
             raise ValueError(f"limit_per_class must be at least 1, got {self.limit_per_class}")
+        if self.heads < 1:
+            raise ValueError(f"heads must be at least 1, got {self.heads}")
+        if self.tune_block14_epochs < 0:
+            raise ValueError(f"tune_block14_epochs must be at least 0, got {self.tune_block14_epochs}")
+        if self.extra_weight <= 0:
+            raise ValueError(f"extra_weight must be positive, got {self.extra_weight}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration must be one of {CALIBRATION_METHODS}, got {self.calibration!r}")
+        if self.calibration_extra_share is not None and not 0.0 <= self.calibration_extra_share <= 1.0:
+            raise ValueError(f"calibration_extra_share must be in [0, 1], got {self.calibration_extra_share}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {self.folds}")
+        if not 0.0 < self.threshold_accuracy < 1.0:
+            raise ValueError(f"threshold_accuracy must be in (0, 1), got {self.threshold_accuracy}")
         parse_blocks(self.pooled_blocks)  # fail at startup, not after minutes of feature extraction
+        if LAST_BLOCK not in self.blocks:
+            raise ValueError(f"pooled_blocks must include block {LAST_BLOCK} (it runs on cached maps)")
         check_resize_mode(self.resize)
         self.extra_dir = Path(self.extra_dir) if self.extra_dir is not None else None
         if self.fine_tune:

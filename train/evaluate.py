@@ -20,6 +20,7 @@ METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "training_curves.png"
 PER_CLASS_PNG = "per_class_metrics.png"
+RISK_COVERAGE_PNG = "risk_coverage.png"
 DEFAULT_SPLIT = "test"
 PREDICT_BATCH = 16
 
@@ -169,6 +170,35 @@ def plot_training_curves(history: dict, path: Path, best_epoch: int | None = Non
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_risk_coverage(curves: dict, path: Path, threshold: float | None = None) -> None:
+    """Accuracy of the answers against the share of photos answered, most confident first, one line per
+    ``{name: (probabilities, labels)}``; a dot where the top-1 score crosses ``threshold``."""
+    from train.calibration import risk_coverage
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, (probs, labels) in curves.items():
+        coverage, accuracy = risk_coverage(probs, labels)
+        line = ax.plot(coverage, accuracy, label=f"{name} ({len(labels)})")[0]
+        if threshold is not None:
+            answered = int((np.asarray(probs).max(axis=1) >= threshold).sum())
+            if answered:
+                ax.plot(coverage[answered - 1], accuracy[answered - 1], "o", color=line.get_color())
+    for share in (0.7, 0.8, 0.9):
+        ax.axvline(share, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("share of photos answered (most confident first)")
+    ax.set_ylabel("accuracy of the answered photos")
+    ax.set_ylim(0.6, 1.005)
+    title = "Risk-coverage"
+    if threshold is not None:
+        title += f" (dots: top-1 score >= {threshold:.2f})"
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -58,17 +58,8 @@ def block_output(base: keras.Model, block: int):
     return adds[block - FIRST_RESIDUAL_BLOCK].output
 
 
-def build_extractor(
-    image_size: int, weights: str, blocks: tuple[int, ...] = (LAST_BLOCK,), map_block: int | None = None
-) -> keras.Model:
-    """float32 NHWC pixels 0-255 -> x/127.5 - 1 -> frozen Xception (inference mode) -> pooled features.
-
-    The features are the global average of each block output in ``blocks``, concatenated in block order;
-    with ``map_block`` the whole output map of that block follows them, flattened (``studies.block14``
-    caches block 13's map to train block 14 without running the base again).
-    """
-    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
-    scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_xception")(inputs)
+def xception_base(image_size: int, weights: str) -> keras.Model:
+    """The frozen Xception base (no top) with ``weights``; WeightsError if they cannot be loaded."""
     source = keras_weights_arg(weights)
     try:
         base = keras.applications.Xception(
@@ -78,6 +69,27 @@ def build_extractor(
         hint = " (no internet? pass --weights PATH to a local .weights.h5)" if source == "imagenet" else ""
         raise WeightsError(f"Could not load Xception weights {weights!r}{hint}: {exc}") from exc
     base.trainable = False
+    return base
+
+
+def build_extractor(
+    image_size: int,
+    weights: str,
+    blocks: tuple[int, ...] = (LAST_BLOCK,),
+    map_block: int | None = None,
+    base: keras.Model | None = None,
+) -> keras.Model:
+    """float32 NHWC pixels 0-255 -> x/127.5 - 1 -> frozen Xception (inference mode) -> pooled features.
+
+    The features are the global average of each block output in ``blocks``, concatenated in block order;
+    with ``map_block`` the whole output map of that block follows them, flattened (the training cache
+    keeps block 13's map, train/block14.py). Pass ``base`` (:func:`xception_base`) to build several
+    extractors on one set of layers: the one that is cached and the one that ships then share weights.
+    """
+    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="pixels")
+    scaled = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale_to_xception")(inputs)
+    if base is None:
+        base = xception_base(image_size, weights)
     outputs = list(blocks) + ([map_block] if map_block is not None else [])
     if outputs != [LAST_BLOCK]:
         # One nested model with one output per block: every output comes from the same forward pass.

@@ -1,10 +1,12 @@
-"""The classification head (the one the seed recipe meant) and the self-contained full model."""
+"""The classification head (one, or an ensemble of several), its calibration, and the self-contained model."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
 from keras import layers
+
+from train.calibration import Calibrator
 
 
 def build_head(
@@ -24,26 +26,132 @@ def build_head(
     and variance: pooled middle-flow blocks carry Xception's residual stream, whose values are tens of
     times larger than block 14's, and without it the head trained on blocks 11-14 collapsed to 53%.
     """
-    inputs = keras.Input((num_features,), dtype="float32", name="features")
-    x = inputs
-    if standardize_on is not None:
-        standardize = layers.Normalization(name="standardize")
-        standardize.adapt(standardize_on)
-        x = standardize(x)
-    if dense_units > 0:
-        x = layers.Dense(dense_units, activation="relu", name="hidden")(x)
-    if dropout > 0:
-        x = layers.Dropout(dropout, seed=seed, name="dropout")(x)
-    logits = layers.Dense(num_classes, name="logits")(x)  # no softmax: the runtime applies it
-    return keras.Model(inputs, logits, name="head")
+    head = HeadLayers(num_features, num_classes, (seed,), dense_units, dropout, standardize_on)
+    return head.training_model()
 
 
-def build_full_model(extractor: keras.Model, head: keras.Model) -> keras.Model:
+class HeadLayers:
+    """The layers of ``len(seeds)`` heads on the same pooled features, built once and applied wherever
+    they are needed: to a features input for training, to the extractor's output in the saved model.
+
+    features [-> standardize] -> per seed: Dense(dense_units, relu) -> Dropout -> Dense(classes) logits;
+    the heads' logits are averaged (the ensemble: a geometric mean of their probabilities), then the
+    calibration map, when one is set (train/calibration.py), gives the model's output logits.
+    Each head has its own seeded initialisation and dropout; they train side by side, each on its own
+    loss (:meth:`training_model`), so they are as independent as separately trained heads, for the
+    price of one training loop. A single head keeps the layer names of the one-head recipe.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int,
+        seeds: tuple[int, ...],
+        dense_units: int = 100,
+        dropout: float = 0.5,
+        standardize_on: np.ndarray | None = None,
+    ):
+        if not seeds:
+            raise ValueError("an ensemble needs at least one head")
+        self.num_features, self.num_classes = num_features, num_classes
+        self.standardize = None
+        if standardize_on is not None:
+            self.standardize = layers.Normalization(name="standardize")
+            self.standardize.adapt(standardize_on)
+        self.heads = [self._head(i, seed, len(seeds), dense_units, dropout) for i, seed in enumerate(seeds)]
+        self.calibration: layers.Layer | None = None
+        self.calibrator = Calibrator()
+
+    def _head(self, index: int, seed: int, count: int, dense_units: int, dropout: float) -> list:
+        suffix = "" if count == 1 else f"_{index + 1}"
+        chain = []
+        if dense_units > 0:
+            chain.append(
+                layers.Dense(
+                    dense_units,
+                    activation="relu",
+                    kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+                    name="hidden" + suffix,
+                )
+            )
+        if dropout > 0:
+            chain.append(layers.Dropout(dropout, seed=seed, name="dropout" + suffix))
+        # No softmax: the runtime applies it.
+        chain.append(
+            layers.Dense(
+                self.num_classes,
+                kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1_000_000),
+                name="logits" + suffix,
+            )
+        )
+        return chain
+
+    def each(self, features) -> list:
+        """Every head's logits for a features tensor."""
+        x = self.standardize(features) if self.standardize is not None else features
+        outputs = []
+        for chain in self.heads:
+            y = x
+            for layer in chain:
+                y = layer(y)
+            outputs.append(y)
+        return outputs
+
+    def mean(self, features):
+        """The ensemble's logits (before calibration)."""
+        outputs = self.each(features)
+        return outputs[0] if len(outputs) == 1 else layers.Average(name="ensemble")(outputs)
+
+    def __call__(self, features):
+        """The output logits: the ensemble's, through the calibration map when one is set."""
+        logits = self.mean(features)
+        return self.calibration(logits) if self.calibration is not None else logits
+
+    def training_model(self) -> keras.Model:
+        """features -> each head's logits (one output per head, each trained on its own loss)."""
+        inputs = keras.Input((self.num_features,), dtype="float32", name="features")
+        outputs = self.each(inputs)
+        return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name="head")
+
+    def model(self) -> keras.Model:
+        """features -> output logits (the ensemble, calibrated when a map is set)."""
+        inputs = keras.Input((self.num_features,), dtype="float32", name="features")
+        return keras.Model(inputs, self(inputs), name="head")
+
+    def set_calibration(self, calibrator: Calibrator) -> None:
+        """Put ``calibrator`` in the graph: a Rescaling layer for temperature and vector scaling (a multiply
+        and an add, which every converter keeps in float), a fixed Dense layer for matrix scaling."""
+        self.calibrator = calibrator
+        if calibrator.method == "none":
+            self.calibration = None
+        elif calibrator.matrix is not None:
+            dense = layers.Dense(self.num_classes, trainable=False, name="calibration")
+            dense.build((None, self.num_classes))
+            dense.set_weights(
+                [np.asarray(calibrator.matrix, np.float32).T, np.asarray(calibrator.offset, np.float32)]
+            )
+            self.calibration = dense
+        else:
+            self.calibration = layers.Rescaling(
+                _plain(calibrator.scale), offset=_plain(calibrator.offset), name="calibration"
+            )
+
+
+def _plain(value):
+    """A float, or a list of floats for a per-class vector (what Rescaling serialises cleanly)."""
+    array = np.asarray(value, dtype=np.float64)
+    return float(array) if array.ndim == 0 else [float(v) for v in array]
+
+
+def build_full_model(extractor: keras.Model, head: keras.Model | HeadLayers) -> keras.Model:
     """pixels (H, W, 3) float 0-255 -> logits, sharing the extractor's and the head's (trained) layers.
 
     The head's layers are applied directly to the pooled output, so the saved model reads
-    Input -> Rescaling -> xception -> pool -> hidden -> dropout -> logits, with nothing nested but the base.
+    Input -> Rescaling -> xception -> pool -> standardize -> heads -> ensemble -> calibration, with nothing
+    nested but the base. ``head`` is a HeadLayers, or a one-head chain from :func:`build_head`.
     """
+    if isinstance(head, HeadLayers):
+        return keras.Model(extractor.input, head(extractor.output), name="clothing_classifier")
     x = extractor.output
     for layer in head.layers[1:]:  # layers[0] is the head's InputLayer
         x = layer(x)

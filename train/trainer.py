@@ -23,14 +23,26 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
+from lambda_function.classifier import softmax
 from lambda_function.preprocess import DEFAULT_RESIZE
-from train import evaluate
+from train import evaluate, heldout
 from train.augment import make_view, view_rng
+from train.block14 import (
+    MAP_BLOCK,
+    Maps,
+    block_layers,
+    blocks_before_map,
+    build_tail,
+    concat_maps,
+    tune_block14,
+)
+from train.calibration import at_threshold, summary
 from train.callbacks import KeepBest
-from train.config import CONFIG_FILE, TrainConfig
+from train.config import CONFIG_FILE, LAST_BLOCK, TrainConfig
 from train.data import Dataset, Skipped, discover, discover_folder, load_split
 from train.errors import AssemblyError, DataError
 from train.features import (
+    block_output,
     build_extractor,
     cache_key,
     extract,
@@ -39,11 +51,18 @@ from train.features import (
     load_cached,
     save_cached,
     weights_identity,
+    xception_base,
 )
-from train.model import build_full_model, build_head
+from train.folds import contributors_and_kids, grouped_folds
+from train.heldout import HeldOut, grouped_cv_logits
+from train.model import HeadLayers, build_full_model
 
 # Largest |full model logits - head(cached features)| accepted as "the same model" (float32 noise).
 ASSEMBLY_TOLERANCE = 1e-3
+HEAD_SEED_STRIDE = 1000
+# The extraction pass's cache (pooled blocks before 13 + block 13's map) lives in its own folder: its
+# extractor's file is keyed like a pooled-only one.
+MAPS_DIR = "block13-maps"
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
 HISTORY_FILE = "history.json"
@@ -95,11 +114,21 @@ def set_seeds(seed: int) -> None:
 class FeatureStore:
     """Features per (split, view), read from the disk cache or computed (and then cached)."""
 
-    def __init__(self, config: TrainConfig, dataset: Dataset, extractor: keras.Model):
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: Dataset,
+        extractor: keras.Model,
+        blocks: tuple[int, ...] | None = None,
+        cache_dir: Path | None = None,
+    ):
+        """``blocks`` (the extractor's pooled blocks; default the config's) and ``cache_dir`` (default
+        the config's) key the cache: an extractor that also outputs a map caches into its own folder."""
         self.config = config
         self.dataset = dataset
         self.extractor = extractor
-        self.cache_dir = config.resolved_cache_dir
+        self.blocks = tuple(blocks) if blocks is not None else config.blocks
+        self.cache_dir = cache_dir or config.resolved_cache_dir
         self.weights_id = weights_identity(config.weights, config.seed)
         self.pixels: dict[str, tuple[np.ndarray, np.ndarray, list[Skipped]]] = {}
         self.hits = 0
@@ -109,7 +138,7 @@ class FeatureStore:
         base_key = cache_key(
             weights=self.weights_id,
             image_size=config.image_size,
-            blocks=config.blocks,
+            blocks=self.blocks,
             keras=keras.__version__,
         )
         self.tflite_path = self.cache_dir / f"extractor-{base_key}.tflite"
@@ -132,7 +161,7 @@ class FeatureStore:
         parts = {
             "weights": self.weights_id,
             "image_size": cfg.image_size,
-            "blocks": cfg.blocks,
+            "blocks": self.blocks,
             "backend": cfg.feature_backend,
             "files": files_fingerprint(self.dataset.splits[split].paths),
             "view": view,
@@ -203,51 +232,138 @@ class FeatureStore:
             paths=[data.paths[i] for i in kept],
         )
 
+    def split_maps(
+        self, split: str, views: int, map_shape: tuple[int, ...], dtype=np.float32
+    ) -> tuple[Maps, list[Path]]:
+        """A split's cached (pooled, block-13 map) rows, ``views`` views stacked, maps kept as ``dtype``
+        (float16 halves train's 1.5 GB; the splits that are scored stay float32, so their logits are
+        exactly the saved model's); the extractor's flat output is [pooled blocks before 13, the map]."""
+        data = self.dataset.splits[split]
+        pooled_width = self.dim - int(np.prod(map_shape))
+        parts, kept = [], None
+        for view in range(views):
+            flat, view_kept, _ = self.get(split, view)
+            if kept is not None and not np.array_equal(kept, view_kept):
+                raise DataError(f"Cached views of {split} disagree on the readable images; delete the cache")
+            kept = view_kept
+            maps = flat[:, pooled_width:].reshape((-1, *map_shape)).astype(dtype)
+            parts.append(Maps(flat[:, :pooled_width].copy(), maps, data.labels[kept]))
+            del flat  # the float32 copy of a split's maps is the largest array of the run
+        return concat_maps(parts), [data.paths[i] for i in kept]
 
-def compiled_head(config: TrainConfig, features: np.ndarray, num_classes: int) -> keras.Model:
-    """The configured head, standardized on ``features`` (the rows it will train on), compiled.
 
-    Shared by training and ``studies.choose_blocks`` so cross-validation scores the head that trains.
+def map_store(
+    config: TrainConfig, dataset: Dataset, base: keras.Model
+) -> tuple[FeatureStore, tuple[int, ...]]:
+    """The feature store of the extraction pass (pooled blocks before 13 + block 13's map, one LiteRT
+    pass per photo, cached in ``<cache>/block13-maps``) and the map's shape."""
+    before = blocks_before_map(config.blocks)
+    extractor = build_extractor(config.image_size, config.weights, before, map_block=MAP_BLOCK, base=base)
+    store = FeatureStore(
+        config, dataset, extractor, blocks=before, cache_dir=config.resolved_cache_dir / MAPS_DIR
+    )
+    return store, tuple(int(d) for d in block_output(base, MAP_BLOCK).shape[1:])
+
+
+def mean_logits(model: keras.Model, features: np.ndarray) -> np.ndarray:
+    """The mean of a (training) head model's outputs: the ensemble's logits before calibration."""
+    outputs = model.predict(features, batch_size=256, verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return np.mean([np.asarray(o, dtype=np.float64) for o in outputs], axis=0)
+
+
+def accuracy_and_loss(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    from train.calibration import nll
+
+    return float(np.mean(logits.argmax(axis=1) == labels)), nll(logits, labels)
+
+
+def head_seeds(config: TrainConfig) -> tuple[int, ...]:
+    """The seeds of the ensemble's heads: the run's seed, then SEED + 1000, SEED + 2000... (runs with
+    neighbouring seeds share no head)."""
+    return tuple(config.seed + HEAD_SEED_STRIDE * i for i in range(config.heads))
+
+
+def compiled_heads(
+    config: TrainConfig, features: np.ndarray, num_classes: int, seeds: tuple[int, ...] | None = None
+) -> tuple[HeadLayers, keras.Model]:
+    """The configured heads (one per seed; default the config's), standardized on ``features`` (the rows
+    they will train on), and their training model, compiled with one loss per head.
+
+    Shared by training and the studies, so cross-validation scores the heads that train.
     """
-    head = build_head(
+    heads = HeadLayers(
         features.shape[1],
         num_classes,
+        seeds or head_seeds(config),
         config.dense_units,
         config.dropout,
-        seed=config.seed,
         standardize_on=features if config.standardize else None,
     )
+    model = heads.training_model()
     if config.weight_decay > 0:
         optimizer = keras.optimizers.AdamW(
             learning_rate=config.learning_rate, weight_decay=config.weight_decay
         )
     else:
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
-    head.compile(
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    count = len(heads.heads)
+    model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
+        loss=loss if count == 1 else [loss] * count,
+        metrics=["accuracy"] if count == 1 else None,
     )
-    return head
+    return heads, model
 
 
-def fit_head(
-    config: TrainConfig, train: SplitFeatures, val: SplitFeatures, num_classes: int
-) -> tuple[keras.Model, dict, KeepBest]:
-    head = compiled_head(config, train.features, num_classes)
-    keep = KeepBest()
-    history = head.fit(
-        train.features,
-        keras.utils.to_categorical(train.labels, num_classes),
-        validation_data=(val.features, keras.utils.to_categorical(val.labels, num_classes)),
+def compiled_head(config: TrainConfig, features: np.ndarray, num_classes: int) -> keras.Model:
+    """One head (the config's seed), compiled: the single-head training model."""
+    return compiled_heads(config, features, num_classes, (config.seed,))[1]
+
+
+def fit_heads(
+    config: TrainConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    sample_weight: np.ndarray | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    seeds: tuple[int, ...] | None = None,
+) -> tuple[HeadLayers, dict]:
+    """Train the ensemble's heads on (x, y) for ``config.epochs``, rows weighted by ``sample_weight``.
+
+    With ``validation`` and ``config.keep_best``, the epoch with the best validation accuracy of the
+    ensemble is kept; otherwise the last. Returns the heads and the history (per-epoch lists).
+    """
+    set_seeds(config.seed)
+    heads, model = compiled_heads(config, x, num_classes, seeds)
+    targets = keras.utils.to_categorical(y, num_classes)
+    count = len(heads.heads)
+    keep = None
+    if validation is not None:
+        val_x, val_y = validation
+        keep = KeepBest(lambda m: accuracy_and_loss(mean_logits(m, val_x), val_y))
+    history = model.fit(
+        x,
+        targets if count == 1 else [targets] * count,
+        sample_weight=sample_weight,
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,
-        callbacks=[keep],
-        verbose=2,  # one line per epoch: readable in a log file
+        callbacks=[keep] if keep is not None else [],
+        verbose=0,
     )
-    head.set_weights(keep.best_weights)
-    return head, {k: [float(v) for v in vs] for k, vs in history.history.items()}, keep
+    record = {"loss": [float(v) for v in history.history["loss"]]}
+    if keep is not None:
+        record["val_accuracy"] = [a for a, _ in keep.scores]
+        record["val_loss"] = [loss for _, loss in keep.scores]
+        if config.keep_best:
+            model.set_weights(keep.best_weights)
+            record["best_epoch"] = keep.best_epoch
+        else:
+            record["best_epoch"] = config.epochs
+    return heads, record
 
 
 def versions() -> dict:
@@ -264,17 +380,17 @@ def versions() -> dict:
 
 
 def check_assembly(
-    model: keras.Model, store: FeatureStore, test: SplitFeatures, head_logits: np.ndarray, count: int
+    model: keras.Model, store: FeatureStore, paths: list[Path], head_logits: np.ndarray, count: int
 ) -> float:
-    """Max |full model(pixels) - head(cached features)| on the first ``count`` test images."""
-    count = min(count, len(test.paths))
+    """Max |full model(pixels) - head(cached features)| on the first ``count`` test images (``paths``)."""
+    count = min(count, len(paths))
     if count == 0:
         return 0.0
     size = (store.config.image_size, store.config.image_size)
     if "test" in store.pixels:
         images = store.pixels["test"][0][:count]
     else:  # features came from the cache: decode just these few images
-        images = load_split(test.paths[:count], size, desc="load check images", resize=store.config.resize)[0]
+        images = load_split(paths[:count], size, desc="load check images", resize=store.config.resize)[0]
     full = np.asarray(model(images.astype(np.float32), training=False))
     diff = float(np.abs(full - head_logits[:count]).max())
     if diff > ASSEMBLY_TOLERANCE:
@@ -309,6 +425,88 @@ def run_fine_tune(config: TrainConfig, model: keras.Model, store: FeatureStore, 
     return fine_tune(config, model, (images, labels), pixels("validation"), len(dataset.class_names))
 
 
+@dataclass
+class Loaded:
+    """What the extraction pass gives every later phase: per split its cached maps and kept paths."""
+
+    store: FeatureStore
+    maps: dict[str, Maps]
+    paths: dict[str, list[Path]]
+    skipped: list[Skipped]
+
+
+def load_maps(config: TrainConfig, dataset: Dataset, base: keras.Model) -> Loaded:
+    """Every split's (pooled, block-13 map) rows from the cache, computed with one pass where missing.
+
+    The train split has ``train_views`` views; the extra photos join training with one (each is also
+    scored out of fold, as the photo itself), validation and test one, as serving sees them.
+    """
+    store, map_shape = map_store(config, dataset, base)
+    maps, paths = {}, {}
+    for split, views in (("train", config.train_views), (EXTRA_SPLIT, 1), ("validation", 1), ("test", 1)):
+        if split in dataset.splits:
+            dtype = np.float16 if split == "train" else np.float32  # train is trained on, not scored
+            maps[split], paths[split] = store.split_maps(split, views, map_shape, dtype)
+    skipped = [s for split in dataset.splits for s in store.skipped.get(split, [])]
+    print(f"features: {store.hits} reused from cache, {store.misses} computed")
+    return Loaded(store, maps, paths, skipped)
+
+
+def tune_block14_on_train(
+    config: TrainConfig,
+    tail: keras.Model,
+    layers14: list,
+    train: Maps,
+    scored: dict[str, Maps],
+    num_classes: int,
+) -> tuple[keras.Model, dict]:
+    """A head on train's frozen features, then block 14 trained with it for ``tune_block14_epochs``
+    (train split only, so the extra photos stay out of what their grouped CV cannot refit). Each split
+    of ``scored`` is scored every epoch for the record (``NAME_accuracy``, ``NAME_loss``), not to choose.
+    Returns the head (tuned with block 14) and the tuning's history."""
+    frozen = train.features(tail)
+    set_seeds(config.seed)
+    head = compiled_head(config, frozen, num_classes)
+    targets = keras.utils.to_categorical(train.labels, num_classes)
+    head.fit(frozen, targets, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0)
+
+    def on_epoch(epoch: int, model: keras.Model) -> dict:
+        row = {}
+        for name, split in scored.items():
+            logits = np.asarray(model.predict(split.inputs(slice(None)), batch_size=64, verbose=0))
+            row[f"{name}_accuracy"], row[f"{name}_loss"] = accuracy_and_loss(logits, split.labels)
+        return row
+
+    print(f"fine-tuning block 14 on cached block 13 maps: {config.tune_block14_epochs} epochs")
+    tuned = tune_block14(
+        tail,
+        layers14,
+        head,
+        train,
+        config.tune_block14_epochs,
+        config.tune_block14_learning_rate,
+        config.batch_size,
+        config.seed,
+        on_epoch=on_epoch,
+    )
+    return head, tuned
+
+
+def extra_held_out(config, dataset, loaded, features, x, y, weights, held: HeldOut, num_classes) -> None:
+    """Out-of-fold logits of the extra photos into ``held`` (grouped by contributor), when they have
+    enough contributors for ``config.folds`` folds."""
+    paths = loaded.paths[EXTRA_SPLIT]
+    groups, kids = contributors_and_kids(config.extra_dir, paths, np.arange(len(paths)))
+    if len(set(groups)) < config.folds:
+        print(f"WARNING: {len(set(groups))} contributors in the extra photos, fewer than {config.folds} "
+              "folds: calibration is fitted on validation alone")  # fmt: skip
+        return
+    folds = grouped_folds(groups, config.folds)
+    labels = loaded.maps[EXTRA_SPLIT].labels
+    oof, _ = grouped_cv_logits(config, x, y, features[EXTRA_SPLIT], labels, folds, num_classes, weights)
+    held.extra_logits, held.extra_labels, held.extra_kids, held.extra_folds = oof, labels, kids, folds
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run the whole recipe; write every artifact into ``config.output_dir``."""
     timings: dict[str, float] = {}
@@ -327,73 +525,117 @@ def train(config: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     counts = {name: len(split) for name, split in dataset.splits.items()}
     print(f"data: {len(dataset.class_names)} classes {dataset.class_names}; images {counts}")
-
     if config.extra_dir is not None:
         dataset.splits[EXTRA_SPLIT] = discover_folder(config.extra_dir, dataset.class_names, EXTRA_SPLIT)
         print(f"extra training photos: {len(dataset.splits[EXTRA_SPLIT])} from {config.extra_dir}")
 
-    extractor = build_extractor(config.image_size, config.weights, config.blocks)
-    store = FeatureStore(config, dataset, extractor)
-    train_f = store.split_features("train", config.train_views)
-    extra_rows = 0
-    if EXTRA_SPLIT in dataset.splits:
-        extra_f = store.split_features(EXTRA_SPLIT, config.train_views)
-        extra_rows = len(extra_f.paths)
-        train_f = concat_features(train_f, extra_f)
-    val_f = store.split_features("validation", 1)  # serving sees one view, so validate on one
-    test_f = store.split_features("test", 1)
-    skipped = [s for split in dataset.splits for s in store.skipped.get(split, [])]
+    # One base: the extraction pass, block 14's tail and the saved model share its layers and weights.
+    base = xception_base(config.image_size, config.weights)
+    extractor = build_extractor(config.image_size, config.weights, config.blocks, base=base)
+    loaded = load_maps(config, dataset, base)
+    maps, skipped, store = loaded.maps, loaded.skipped, loaded.store
     (out / SKIPPED_FILE).write_text(json.dumps([s.__dict__ for s in skipped], indent=2) + "\n")
     if skipped:
         print(f"WARNING: {len(skipped)} unreadable image(s) skipped; see {out / SKIPPED_FILE}")
-    print(f"features: {store.hits} reused from cache, {store.misses} computed")
     phase("features_s")
 
     num_classes = len(dataset.class_names)
-    head, history, keep = fit_head(config, train_f, val_f, num_classes)
+    layers14 = block_layers(base, LAST_BLOCK)
+    tail = build_tail(layers14, maps["train"].maps.shape[1:], maps["train"].pooled.shape[1], config.blocks)
+    tuned = None
+    if config.tune_block14_epochs > 0:
+        _, tuned = tune_block14_on_train(
+            config, tail, layers14, maps["train"], {"validation": maps["validation"]}, num_classes
+        )
+        phase("tune_block14_s")
+    features = {split: m.features(tail) for split, m in maps.items()}
+    val_y, test_y = maps["validation"].labels, maps["test"].labels
+
+    x, y, weights = features["train"], maps["train"].labels, None
+    extra_rows = len(maps[EXTRA_SPLIT]) if EXTRA_SPLIT in maps else 0
+    if extra_rows:
+        weights = np.ones(len(y))
+        x_all = np.concatenate([x, features[EXTRA_SPLIT]])
+        y_all = np.concatenate([y, maps[EXTRA_SPLIT].labels])
+        w_all = np.concatenate([weights, np.full(extra_rows, config.extra_weight)])
+    else:
+        x_all, y_all, w_all = x, y, None
+    heads, history = fit_heads(
+        config, x_all, y_all, num_classes, sample_weight=w_all, validation=(features["validation"], val_y)
+    )
     phase("head_training_s")
 
-    model = build_full_model(extractor, head)
     fine_tuned = None
-    if config.fine_tune:
+    if config.fine_tune:  # the base changes: calibrate on what the fine-tuned model says on validation
+        model = build_full_model(extractor, heads)
         fine_tuned = run_fine_tune(config, model, store, dataset)
-        # The same (now fine-tuned) layers in a model without the fine-tuning optimizer's state, which
-        # the saved file need not carry and Keras would warn about when loading it.
-        model = build_full_model(extractor, head)
+        held = HeldOut(full_model_logits(model, store, "validation", len(val_y)), val_y)
         phase("fine_tune_s")
+    else:
+        held = HeldOut(np.asarray(heads.model().predict(features["validation"], verbose=0)), val_y)
+        if extra_rows:
+            extra_held_out(config, dataset, loaded, features, x, y, weights, held, num_classes)
+            phase("grouped_cv_s")
+    calibrator, calibration_report, nested = heldout.calibrate(
+        config.calibration, held, config.threshold_accuracy, config.calibration_extra_share
+    )
+    heads.set_calibration(calibrator)
+    # The same (trained, perhaps fine-tuned) layers, calibrated, without any optimizer state.
+    model = build_full_model(extractor, heads)
+    print(f"calibration: {calibrator.to_dict()}")
+
     model.save(out / MODEL_FILE)
     (out / LABELS_FILE).write_text(json.dumps(dataset.class_names, indent=2) + "\n")
-    history_record = {"best_epoch": keep.best_epoch, **history}
+    best_epoch = history.get("best_epoch", config.epochs)
+    history_record = {"best_epoch": best_epoch, **history}
+    if tuned is not None:
+        history_record["block14"] = tuned
     if fine_tuned is not None:
         history_record["fine_tune"] = fine_tuned
     (out / HISTORY_FILE).write_text(json.dumps(history_record, indent=2) + "\n")
+    train_rows = len(y_all)
     config_record = {
         "config": config.to_dict(),
         "versions": versions(),
-        "data": {**dataset.summary(), "skipped": len(skipped), "train_rows": len(train_f.labels)},
+        "data": {**dataset.summary(), "skipped": len(skipped), "train_rows": train_rows},
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     (out / CONFIG_FILE).write_text(json.dumps(config_record, indent=2) + "\n")
-    evaluate.plot_training_curves(history, out / evaluate.CURVES_PNG, keep.best_epoch)
+    evaluate.plot_training_curves(history, out / evaluate.CURVES_PNG, best_epoch)
     phase("save_s")
 
+    test_paths = loaded.paths["test"]
     if fine_tuned is None:
-        test_logits = np.asarray(head(test_f.features, training=False))
-        assembly_diff = check_assembly(model, store, test_f, test_logits, config.check_images)
+        test_logits = np.asarray(heads.model().predict(features["test"], verbose=0))
+        assembly_diff = check_assembly(model, store, test_paths, test_logits, config.check_images)
     else:  # the base changed: the cached features no longer describe this model, so run it on pixels
-        test_logits = full_model_logits(model, store, "test", len(test_f.labels))
+        test_logits = full_model_logits(model, store, "test", len(test_y))
         assembly_diff = 0.0
-    val_accuracy, val_loss = keep.best
+    test_probs = softmax(test_logits)
+    calibration_report["test"] = summary(test_probs, test_y)
+    recommended = calibration_report["threshold"]["held_out"]["threshold"]
+    if recommended is not None:
+        calibration_report["threshold"]["test"] = at_threshold(test_probs, test_y, recommended)
+    val_accuracy, val_loss = accuracy_and_loss(calibrator(held.val_logits), val_y)
     extra = {
-        "best_epoch": keep.best_epoch,
-        "validation": {"accuracy": val_accuracy, "loss": val_loss, "num_images": len(val_f.labels)},
+        "best_epoch": best_epoch,
+        "heads": config.heads,
+        "validation": {"accuracy": val_accuracy, "loss": val_loss, "num_images": len(val_y)},
+        "calibration": calibration_report,
         "assembly_check": {
-            "images": min(config.check_images, len(test_f.paths)),
+            "images": min(config.check_images, len(test_paths)),
             "max_abs_diff": assembly_diff,
         },
         "feature_backend": config.feature_backend,
         "skipped_images": len(skipped),
     }
+    if tuned is not None:
+        extra["block14"] = {
+            "epochs": config.tune_block14_epochs,
+            "val_accuracy": [row["validation_accuracy"] for row in tuned["epochs"]],
+            "max_weight_change": tuned["block14_max_weight_change"],
+            "batchnorm_max_change": tuned["batchnorm_max_change"],
+        }
     if fine_tuned is not None:
         extra["fine_tune"] = {
             "best_epoch": fine_tuned["best_epoch"],
@@ -401,25 +643,30 @@ def train(config: TrainConfig) -> TrainResult:
             "unfrozen_layers": len(fine_tuned["unfrozen_layers"]),
         }
         extra["assembly_check"] = {"skipped": "fine-tuned: test logits come from the full model"}
-    if EXTRA_SPLIT in dataset.splits:
+    if extra_rows:
         extra["extra_training_images"] = extra_rows
-    report = evaluate.write_report(
-        out, test_logits, test_f.labels, dataset.class_names, test_f.paths, "test", extra
-    )
+    report = evaluate.write_report(out, test_logits, test_y, dataset.class_names, test_paths, "test", extra)
+    curves = {"test": (test_probs, test_y), "validation (nested)": (nested[: len(val_y)], val_y)}
+    if held.has_extra:
+        curves["extra photos, grouped CV"] = (nested[len(val_y) :], held.extra_labels)
+    evaluate.plot_risk_coverage(curves, out / evaluate.RISK_COVERAGE_PNG, recommended)
     phase("evaluate_s")
     timings["total_s"] = round(time.perf_counter() - start, 2)
     report["timings"] = timings
     (out / evaluate.METRICS_FILE).write_text(json.dumps(report, indent=2) + "\n")
 
+    cv = calibration_report.get("extra_grouped_cv", {}).get("calibrated")
+    cv_text = f", extra photos grouped CV top-1 {cv['top1']:.4f} ECE {cv['ece']:.3f}" if cv else ""
+    test_ece = calibration_report["test"]["ece"]
     print(
-        f"done: best epoch {keep.best_epoch}/{config.epochs}, val accuracy {val_accuracy:.4f}, "
-        f"test accuracy {report['accuracy']:.4f}, test macro F1 {report['macro_avg']['f1']:.4f}"
+        f"done: {config.heads} head(s), val accuracy {val_accuracy:.4f}, test accuracy "
+        f"{report['accuracy']:.4f} (ECE {test_ece:.3f}), macro F1 {report['macro_avg']['f1']:.4f}{cv_text}"
     )
     print("time per phase (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in timings.items()))
     print(f"artifacts in {out}")
     return TrainResult(
         output_dir=out,
-        best_epoch=keep.best_epoch,
+        best_epoch=best_epoch,
         val_accuracy=val_accuracy,
         val_loss=val_loss,
         test_accuracy=report["accuracy"],

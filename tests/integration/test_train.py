@@ -20,7 +20,7 @@ from tests.fixtures.shapes import shape_image as _shape_image  # noqa: E402
 from train import evaluate  # noqa: E402
 from train.__main__ import main  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.trainer import train  # noqa: E402
+from train.trainer import MAPS_DIR, train  # noqa: E402
 
 SIZE = 71  # Xception's minimum input side
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -140,7 +140,7 @@ def test_litert_backend_with_random_views(data_dir, tmp_path):
     )
     result = train(config)
     assert (result.cache_hits, result.cache_misses) == (0, 5)  # train views 0-2, validation, test
-    assert list((tmp_path / "run" / "cache").glob("extractor-*.tflite"))
+    assert list((tmp_path / "run" / "cache" / MAPS_DIR).glob("extractor-*.tflite"))
     # LiteRT features through the head agree with the saved Keras model on real pixels.
     assert result.assembly_max_abs_diff <= 1e-3
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == CLASSES

@@ -17,6 +17,7 @@ keras = pytest.importorskip("keras")
 from tests.integration.test_train import CLASSES, SIZE, _argv, _shape_image  # noqa: E402
 from train import evaluate  # noqa: E402
 from train.__main__ import main  # noqa: E402
+from train.trainer import MAPS_DIR  # noqa: E402
 
 SENDERS = ("s1", "s2", "s3", "s4")
 
@@ -75,7 +76,7 @@ def test_letterbox_extra_photos_and_fine_tune_end_to_end(folders, tmp_path, caps
     history = json.loads((out / "history.json").read_text())
     assert len(history["fine_tune"]["val_accuracy"]) == 1
     # The extra photos have their own feature cache, keyed apart from squash features.
-    assert len(list((out / "cache").glob("features-extra-v0-*.npz"))) == 1
+    assert len(list((out / "cache" / MAPS_DIR).glob("features-extra-v0-*.npz"))) == 1
     # The evaluator reads the resize mode next to the model and reproduces the run's test metrics,
     # which come from the fine-tuned full model itself.
     assert evaluate.main([str(out / "model.keras"), "--data-dir", str(data)]) == 0
@@ -83,6 +84,41 @@ def test_letterbox_extra_photos_and_fine_tune_end_to_end(folders, tmp_path, caps
     assert alone["resize"] == "letterbox"
     assert alone["confusion_matrix"] == metrics["confusion_matrix"]
     assert alone["loss"] == pytest.approx(metrics["loss"], abs=1e-4)
+
+
+def test_ensemble_block14_and_calibration_from_grouped_folds(folders, tmp_path):
+    """The recipe of issue 19 end to end: block 14 tuned on cached maps, an ensemble of heads on train +
+    extra photos, out-of-fold logits of the extra photos by contributor, a temperature in the model."""
+    data, extra = folders
+    out = tmp_path / "run"
+    argv = _argv(data, out, "--feature-backend", "keras", "--train-views", "1", "--extra-dir", str(extra))
+    argv += ["--heads", "2", "--folds", "2", "--tune-block14-epochs", "1", "--extra-weight", "2"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    calibration = metrics["calibration"]
+    assert calibration["method"] == "temperature" and calibration["temperature"] > 0
+    assert calibration["fitted_on"] == {"validation": 6, "extra_grouped_cv": 8, "extra_share": None}
+    cv = calibration["extra_grouped_cv"]
+    assert cv["folds"] == 2 and cv["calibrated"]["images"] == 8
+    assert cv["kids"]["images"] == 3 and cv["adults"]["images"] == 5
+    assert {"validation", "extra_grouped_cv"} <= set(calibration["risk_coverage"])
+    assert calibration["test"]["images"] == 6 and "target_accuracy" in calibration["threshold"]
+    assert (out / "risk_coverage.png").read_bytes()[:4] == b"\x89PNG"
+    # Block 14's convolutions moved, its BatchNorm did not; the saved model holds the tuned block and
+    # agrees with the heads on the cached (tuned) features.
+    assert metrics["block14"]["max_weight_change"] > 0 and metrics["block14"]["batchnorm_max_change"] == 0.0
+    assert metrics["assembly_check"]["max_abs_diff"] <= 1e-3
+    model = keras.saving.load_model(out / "model.keras")
+    names = [layer.name for layer in model.layers]
+    assert names[-2:] == ["ensemble", "calibration"] and {"logits_1", "logits_2"} <= set(names)
+    scale = model.get_layer("calibration").scale
+    assert scale == pytest.approx(1 / calibration["temperature"], rel=1e-5)
+    # The evaluator (full Keras model on pixels) reproduces the run's calibrated test figures.
+    assert evaluate.main([str(out / "model.keras"), "--data-dir", str(data)]) == 0
+    alone = json.loads((out / "evaluation-test" / "metrics.json").read_text())
+    assert alone["confusion_matrix"] == metrics["confusion_matrix"]
+    assert alone["loss"] == pytest.approx(metrics["loss"], abs=1e-4)
+    assert json.loads((out / "config.json").read_text())["data"]["train_rows"] == 12 + 8
 
 
 def test_evaluate_takes_a_label_image_folder_and_reports_kids_and_adults(folders, tmp_path, capsys):
@@ -172,7 +208,7 @@ def test_study_extra_groups_folds_by_contributor(folders, tmp_path):
 
 
 def test_grouped_folds_never_split_a_contributor():
-    from studies.extra import grouped_folds
+    from train.folds import grouped_folds
 
     groups = ["a"] * 5 + ["b"] * 3 + ["c"] * 3 + ["d"] * 1 + ["e"] * 2
     folds = grouped_folds(groups, 3)
@@ -203,7 +239,7 @@ def test_photo_views_are_cached_apart_from_affine_views(folders, tmp_path, capsy
     # The same run with the seed's affine views: the image and its mirror are reused, view 2 is not.
     assert main(_argv(data, tmp_path / "affine", *common)) == 0
     assert "features: 4 reused from cache, 1 computed" in capsys.readouterr().out
-    assert len(list(cache.glob("features-train-v2-*.npz"))) == 2
+    assert len(list((cache / MAPS_DIR).glob("features-train-v2-*.npz"))) == 2
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses it: the field's choices
         main(_argv(data, tmp_path / "bad", *common, "--view-style", "cartoon"))
     assert exit_info.value.code == 2

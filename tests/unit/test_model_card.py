@@ -105,6 +105,9 @@ def test_runs_with_the_runtime_requirements_only(tiny_model_path, tiny_dataset, 
     card = model.with_name("MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Test accuracy **100.00%**" in card and "(3 images)" in card
     assert f"sha256 `{read_sidecar(model)['sha256']}`" in card
+    # The risk-coverage chart (Pillow) lands next to another model's card, which links it.
+    assert (model.parent / "risk_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(risk_coverage.png)" in card and "| test split (measured here, test) | 3 | 100.0% |" in card
 
 
 def test_a_missing_test_split_is_one_line_and_exit_2(tiny_model_path, tmp_path):
@@ -116,3 +119,47 @@ def test_a_missing_test_split_is_one_line_and_exit_2(tiny_model_path, tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1].startswith("error: Split folder not found")
     assert "Traceback" not in done.stderr
+
+
+CALIBRATION = {
+    "method": "temperature",
+    "temperature": 4.2,
+    "in_model": True,
+    "fitted_on": {"validation": 341, "extra_grouped_cv": 199},
+    "held_out": {
+        "validation": {"images": 341, "top1": 0.9, "top3": 0.99, "ece": 0.03, "brier": 0.15,
+                       "mean_top1_score": 0.88, "coverage_accuracy": {"90%": 0.94, "80%": 0.96, "70%": 0.97}},
+        "extra_grouped_cv": {
+            "folds": 5,
+            "uncalibrated": {"ece": 0.19},
+            "calibrated": {"images": 199, "top1": 0.81, "top3": 0.96, "ece": 0.05, "brier": 0.3,
+                           "mean_top1_score": 0.78,
+                           "coverage_accuracy": {"90%": 0.84, "80%": 0.88, "70%": 0.92}},
+        },
+    },
+    "risk_coverage": {"extra_grouped_cv": [[0.5, 0.95], [1.0, 0.81]]},
+    "threshold": {"recommended": 0.55, "target_accuracy": 0.95,
+                  "extra_grouped_cv": {"threshold": 0.55, "answered": 0.62, "accuracy": 0.95}},
+}  # fmt: skip
+
+
+def test_calibration_figures_and_threshold_come_from_the_sidecar():
+    meta = copy.deepcopy(read_sidecar(BUNDLED))
+    meta["calibration"] = CALIBRATION
+    meta["training"].update(heads=5, tune_block14_epochs=2)
+    card = render(meta, 1_000_000, METRICS, "make model-card", "2026-12-05", "../../docs/img/x.png")
+    assert "temperature scaling T = 4.20" in card and "341 validation photos" in card
+    assert "5 such heads" in card and "fine-tuned 2 epochs" in card
+    assert "| extra photos, 5-fold grouped CV (training time) | 199 | 81.0% | 96.0% | 0.050 |" in card
+    assert "extra photos' ECE was 0.190" in card
+    assert "**Recommended threshold: 0.55**" in card and "62.0% answered, 95.0% of them right" in card
+    assert "![risk-coverage" in card and "(../../docs/img/x.png)" in card
+    assert "Kids' one-piece garments" in card and "Capri" in card
+
+
+def test_a_sidecar_without_calibration_says_so():
+    meta = copy.deepcopy(read_sidecar(BUNDLED))
+    meta.pop("calibration", None)
+    card = render(meta, 1_000_000, METRICS, "make model-card", "2026-12-05")
+    assert "none recorded: the scores are the softmax of the model's raw logits" in card
+    assert "No threshold is recommended" in card

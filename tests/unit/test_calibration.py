@@ -1,0 +1,135 @@
+"""train/calibration.py: the calibration maps and the figures that judge a score (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lambda_function.classifier import softmax
+from train import calibration
+from train.calibration import (
+    Calibrator,
+    at_threshold,
+    brier,
+    coverage_accuracy,
+    coverage_curve,
+    cross_calibrated,
+    ece,
+    fit,
+    interleaved_folds,
+    nll,
+    recommend_threshold,
+    risk_coverage,
+    summary,
+    top_k_accuracy,
+)
+
+
+def overconfident(n: int = 600, classes: int = 5, true_t: float = 3.0, seed: int = 0):
+    """Logits whose labels are drawn from softmax(logits / true_t): a model sure beyond its worth."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 4, (n, classes))
+    probs = softmax(logits / true_t)
+    labels = np.array([rng.choice(classes, p=p) for p in probs])
+    return logits, labels
+
+
+def test_ece_by_hand():
+    # Two photos in the (0.8, 0.8667] bin, one right: |0.5 - 0.85| * 2/4; two in the top bin, both right.
+    probs = np.array([[0.85, 0.15], [0.85, 0.15], [1.0, 0.0], [1.0, 0.0]])
+    labels = np.array([0, 1, 0, 0])
+    assert ece(probs, labels) == pytest.approx(0.5 * 0.35)
+    # One photo scored 0.6 and right is 0.4 off; scored 0.6 and wrong, 0.6 off.
+    assert ece(np.array([[0.6, 0.4]]), np.array([0])) == pytest.approx(0.4)
+    assert ece(np.array([[0.6, 0.4]]), np.array([1])) == pytest.approx(0.6)
+
+
+def test_brier_top_k_and_coverage_by_hand():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.4, 0.35, 0.25]])
+    labels = np.array([0, 1, 1])
+    assert brier(probs, labels) == pytest.approx(
+        ((0.3**2 + 0.2**2 + 0.1**2) + (0.1**2 + 0.7**2 + 0.6**2) + (0.4**2 + 0.65**2 + 0.25**2)) / 3
+    )
+    assert top_k_accuracy(probs, labels, 1) == pytest.approx(1 / 3)
+    assert top_k_accuracy(probs, labels, 2) == pytest.approx(1.0)
+    # Most confident first: 0.7 (right), 0.6 (wrong), 0.4 (wrong).
+    assert coverage_accuracy(probs, labels, 1 / 3) == 1.0
+    assert coverage_accuracy(probs, labels, 2 / 3) == 0.5
+    coverage, accuracy = risk_coverage(probs, labels)
+    assert coverage.tolist() == pytest.approx([1 / 3, 2 / 3, 1.0]) and accuracy.tolist() == pytest.approx(
+        [1, 0.5, 1 / 3]
+    )
+    assert at_threshold(probs, labels, 0.5) == {
+        "threshold": 0.5,
+        "answered": pytest.approx(2 / 3),
+        "accuracy": 0.5,
+    }
+    assert at_threshold(probs, labels, 0.9)["accuracy"] is None
+
+
+def test_temperature_recovers_an_overconfident_models_temperature():
+    logits, labels = overconfident(n=3000, true_t=3.0)
+    calibrator = fit("temperature", logits, labels)
+    assert calibrator.temperature == pytest.approx(3.0, rel=0.15)
+    before, after = softmax(logits), softmax(calibrator(logits))
+    assert ece(after, labels) < ece(before, labels) / 2 and nll(calibrator(logits), labels) < nll(
+        logits, labels
+    )
+    assert (after.argmax(1) == before.argmax(1)).all()  # a temperature never reorders the classes
+    assert calibrator.to_dict() == {
+        "method": "temperature",
+        "temperature": pytest.approx(calibrator.temperature),
+    }
+
+
+@pytest.mark.parametrize("method", ["vector", "matrix"])
+def test_affine_maps_fit_at_least_as_well_as_the_temperature(method):
+    logits, labels = overconfident()
+    shifted = logits + np.array([2.0, 0, 0, 0, 0])  # a class the model over-calls: a bias fixes it
+    temperature = fit("temperature", shifted, labels)
+    affine = fit(method, shifted, labels)
+    assert affine.method == method
+    assert nll(affine(shifted), labels) < nll(temperature(shifted), labels)
+    record = affine.to_dict()
+    assert record["method"] == method and len(record["offset"]) == 5
+
+
+def test_none_and_bad_methods():
+    logits, labels = overconfident(n=20)
+    assert fit("none", logits, labels)(logits) == pytest.approx(logits)
+    assert Calibrator().to_dict() == {"method": "none"}
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        fit("isotonic", logits, labels)
+
+
+def test_cross_calibration_never_fits_on_the_rows_it_calibrates():
+    logits, labels = overconfident(n=200)
+    chunks = interleaved_folds(200, 5)
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(200))
+    nested = cross_calibrated("temperature", logits, labels, chunks)
+    # Each chunk's probabilities are what the map fitted on the other chunks gives.
+    rest = np.setdiff1d(np.arange(200), chunks[0])
+    expected = softmax(fit("temperature", logits[rest], labels[rest])(logits[chunks[0]]))
+    np.testing.assert_allclose(nested[chunks[0]], expected)
+    assert not np.allclose(nested, softmax(fit("temperature", logits, labels)(logits)))
+
+
+def test_recommended_threshold_is_the_lowest_that_reaches_the_target():
+    logits, labels = overconfident(n=1000)
+    probs = softmax(fit("temperature", logits, labels)(logits))
+    row = recommend_threshold(probs, labels, 0.9)
+    assert row["accuracy"] >= 0.9
+    below = at_threshold(probs, labels, row["threshold"] - calibration.THRESHOLD_STEP)
+    assert below["accuracy"] is None or below["accuracy"] < 0.9
+    wrong = (probs.argmax(1) + 1) % probs.shape[1]  # every answer wrong: no threshold reaches anything
+    assert recommend_threshold(probs, wrong, 0.5) == {"threshold": None, "answered": 0.0, "accuracy": None}
+
+
+def test_summary_and_curve_shapes():
+    logits, labels = overconfident(n=100)
+    probs = softmax(logits)
+    figures = summary(probs, labels)
+    assert figures["images"] == 100 and set(figures["coverage_accuracy"]) == {"90%", "80%", "70%"}
+    assert 0 <= figures["ece"] <= 1 and 0 <= figures["brier"] <= 2 and figures["top1"] <= figures["top3"]
+    curve = coverage_curve(probs, labels)
+    assert len(curve) == 20 and curve[-1] == [1.0, pytest.approx(figures["top1"], abs=1e-4)]
