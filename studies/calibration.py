@@ -86,9 +86,9 @@ def score(name, seed, val_logits, extra_logits, val_y, extra_y, kids, extra_fold
 
 
 def grouped_cv(config, x, y, extra_x, extra_y, val_x, extra_folds, weight, num_classes):
-    """Out-of-fold extra logits (train.heldout.grouped_cv_logits, the other folds' extra photos at
+    """Out-of-fold extra logits (train.trainer.grouped_cv_logits, the other folds' extra photos at
     ``weight``) and the first fold's heads' validation logits."""
-    from train.heldout import grouped_cv_logits
+    from train.trainer import grouped_cv_logits
 
     weighted = dataclasses.replace(config, extra_weight=weight)
     oof, first = grouped_cv_logits(weighted, x, y, extra_x, extra_y, extra_folds, num_classes)

@@ -59,41 +59,6 @@ class HeldOut:
         )
 
 
-def grouped_cv_logits(
-    config,
-    x: np.ndarray,
-    y: np.ndarray,
-    extra_x: np.ndarray,
-    extra_y: np.ndarray,
-    folds: list[np.ndarray],
-    num_classes: int,
-    sample_weight: np.ndarray | None = None,
-):
-    """Out-of-fold logits of the extra photos (rows of ``extra_x``): for each fold, the configured heads
-    trained on (x, y) + the other folds' extra photos at ``config.extra_weight``, uncalibrated. Also
-    returns the first fold's heads (a study scores validation with them)."""
-    from tqdm import tqdm
-
-    from train.trainer import fit_heads
-
-    oof = np.zeros((len(extra_y), num_classes))
-    first = None
-    base_w = np.ones(len(y)) if sample_weight is None else sample_weight
-    for held in tqdm(folds, desc="grouped CV of the extra photos", unit="fold"):
-        others = np.setdiff1d(np.arange(len(extra_y)), held)
-        heads, _ = fit_heads(
-            config,
-            np.concatenate([x, extra_x[others]]),
-            np.concatenate([y, extra_y[others]]),
-            num_classes,
-            sample_weight=np.concatenate([base_w, np.full(len(others), config.extra_weight)]),
-        )
-        oof[held] = np.asarray(heads.model().predict(extra_x[held], verbose=0))
-        if first is None:
-            first = heads
-    return oof, first
-
-
 def calibrate(
     method: str, held: HeldOut, threshold_accuracy: float, extra_share: float | None = None
 ) -> tuple[Calibrator, dict, np.ndarray]:
