@@ -12,6 +12,7 @@ from pathlib import Path
 
 from convert.errors import ConversionError, SidecarError
 from convert.metadata import read_sidecar, sidecar_path, verify_model_file
+from convert.ondevice import ONDEVICE_ID
 from convert.variants import variant_id
 from lambda_function.classifier import BUNDLED_MODELS, DEFAULT_MODEL_PATH
 
@@ -20,6 +21,9 @@ MAX_ACCURACY_DROP = 1.0
 # The bundled model's size budget: it keeps the unzipped Lambda artifact (~107 MB of libraries,
 # docs/benchmarks.md) under 160 MB and the cold start short. fp32 (85 MB) never qualifies.
 MAX_INSTALL_MB = 25.0
+# Report rows that are not a serving model: the on-device file outputs probabilities (softmax and
+# MediaPipe metadata inside) and is derived from the installed variant; it is never installed itself.
+NOT_INSTALLABLE = frozenset({ONDEVICE_ID})
 INSTALL_DIR = DEFAULT_MODEL_PATH.parent
 # Per format, where serving finds the bundled model under INSTALL_DIR (its sidecar: the same stem, .json).
 BUNDLED_NAMES = {fmt: path.relative_to(INSTALL_DIR) for fmt, path in BUNDLED_MODELS.items()}
@@ -43,6 +47,7 @@ def qualified(
         row
         for row in rows
         if row.get("format") in formats
+        and row.get("variant") not in NOT_INSTALLABLE
         and row.get("passed")
         and row.get("accuracy") is not None
         and row["accuracy"] >= keras_pct - max_drop

@@ -122,3 +122,21 @@ def test_an_onnx_choice_is_installed_where_serving_and_the_onnx_build_look(tmp_p
     assert sorted(p.name for p in installed.parent.iterdir()) == ["model.json", "model.onnx"]
     assert not (dest / "model.json").exists()  # the TFLite sidecar's name stays free
     assert Classifier.from_path(installed, num_threads=1).backend == "onnx"
+
+
+@pytest.mark.parametrize("target", ["host", "lambda-x86_64", "lambda-arm64", "device"])
+def test_the_on_device_file_is_never_installed_even_when_it_ranks_first(target):
+    # It outputs probabilities (softmax inside) and is derived from the installed variant; the same
+    # size and accuracy as dynamic-range, and faster here by the clock's noise.
+    rows = rows_measured_on(ZEN3_LIKE)
+    rows.append(
+        {
+            "variant": "tflite-ondevice",
+            "format": "tflite",
+            "accuracy": 93.2,
+            "size_mb": 21.9,
+            "passed": True,
+            "latency_p50_ms": 1.0,
+        }
+    )
+    assert choose_for_target(rows, KERAS, target)["variant"] != "tflite-ondevice"
