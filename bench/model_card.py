@@ -58,8 +58,7 @@ DATASET_LIMITS = {
     "clothing-dataset-small": """What it cannot do (from a look at its misses on other contributors' photos):
 
 - **Kids' one-piece garments** (snowsuits, overalls, rompers): there is no such class; they get one of the
-  ten, often with a high score. The same holds for anything outside the ten (there is no "other" class),
-  photos of several garments, and people in full outfits.
+  ten, often with a high score, as do people in full outfits.
 - **Capri and knee-length trousers** sit between pants and shorts, and **hoodies and cardigans** between
   outwear and longsleeve: expect either answer, with a middling score.
 - Shirt vs longsleeve vs t-shirt, and dress vs skirt or blouse, are its weakest distinctions.
