@@ -64,9 +64,10 @@ def test_a_sidecar_from_before_the_key_is_served_as_it_was(tiny_model_path, serv
     )
     for pixels in _pixels():
         # The runtime computes nothing from the record: the model's own softmax, bit for bit.
-        plain._interpreter.set_tensor(plain._input_index, pixels[None].astype(np.float32))
-        plain._interpreter.invoke()
-        raw = plain._interpreter.get_tensor(plain._output_index)[0]
+        interpreter = plain.engine.interpreter
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels[None].astype(np.float32))
+        interpreter.invoke()
+        raw = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
         expected = softmax(raw).astype(np.float32)
         assert np.array_equal(plain.predict(pixels), expected)
         assert np.array_equal(described.predict(pixels), expected)
