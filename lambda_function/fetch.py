@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, urljoin, urlsplit
 
+from lambda_function import s3_transport
 from lambda_function.errors import ServingError
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
@@ -690,8 +691,6 @@ def _s3_client(connect_timeout: float, read_timeout: float):
         raise ServingError(
             500, "s3_unavailable", "s3:// URLs need boto3, which is not installed here."
         ) from None
-    from lambda_function import s3_transport
-
     # One attempt: a retry would outlive the deadline; the client can retry the whole request.
     config = Config(
         connect_timeout=connect_timeout,
@@ -700,7 +699,59 @@ def _s3_client(connect_timeout: float, read_timeout: float):
     )
     # Reads go through our deadline sockets (s3_transport); writes through botocore's own transport.
     limits = FetchLimits(connect_timeout=connect_timeout, read_timeout=read_timeout)
-    return s3_transport.install(boto3.client("s3", config=config), limits)
+    return s3_transport.install(boto3.client("s3", config=config), limits, _s3_get)
+
+
+def _s3_get(request, limits: FetchLimits, deadline: float):
+    """One S3 GET (a botocore request, signed) on our deadline sockets -> botocore's response, the body
+    read within ``deadline`` and ``limits``' caps (s3_transport.DeadlineSession sends every read here)."""
+    parts = urlsplit(request.url)
+    scheme = parts.scheme.lower()
+    if scheme not in HTTP_SCHEMES or not parts.hostname:
+        raise ServingError(500, "misconfigured", "The S3 endpoint is not an http(s) URL.")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    target = _Target(request.url, scheme, parts.hostname, parts.port or HTTP_SCHEMES[scheme], path)
+    host = _echo(target.host)
+    conn = response = None
+    try:
+        # The endpoint is the SDK's (region or AWS_ENDPOINT_URL_S3), not a caller's: no address check.
+        addresses = _resolve(target, socket.getaddrinfo)
+        sock = _connect(target, addresses, limits, deadline)
+        conn = _PinnedConnection(target, sock)
+        # botocore asks for "100-continue" on some requests; a GET has no body to hold back.
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "expect"}
+        conn.request("GET", target.request_target, headers=headers)
+        sock.body_cap, sock.overhead_cap = limits.max_bytes, limits.max_overhead_bytes
+        sock.byte_budget = limits.max_overhead_bytes + io.DEFAULT_BUFFER_SIZE
+        response = conn.getresponse()
+        sock.byte_budget = limits.max_bytes + limits.max_overhead_bytes
+        declared = _declared_length(response.getheader("Content-Length"))
+        if response.status == 200 and declared is not None and declared > limits.max_bytes:
+            raise _too_large(limits.max_bytes)
+        body = _read_capped(response.read, limits.max_bytes, deadline)
+        if declared is not None and len(body) < declared:
+            raise S3ReadError(
+                502,
+                "upstream_error",
+                f"S3 ({host}) sent {len(body)} of {declared} bytes.",
+            )
+        return s3_transport.response(request.url, response.status, dict(response.getheaders()), body)
+    except ServingError:
+        raise
+    except _ResponseTooLarge:
+        raise _too_large(limits.max_bytes) from None
+    # Errors S3ReadError with no HTTP status: no (whole) answer from S3, which a retry may get.
+    except TimeoutError:
+        raise S3ReadError(504, "upstream_timeout", f"S3 ({host}) did not answer in time.") from None
+    except (http.client.HTTPException, ValueError):
+        raise S3ReadError(502, "upstream_error", f"S3 ({host}) sent a malformed HTTP response.") from None
+    except OSError:
+        raise S3ReadError(502, "upstream_error", f"The connection to S3 ({host}) failed.") from None
+    finally:
+        if response is not None:
+            response.close()
+        if conn is not None:
+            conn.close()
 
 
 def _fetch_s3(url: str, limits: FetchLimits, deadline: float) -> bytes:
@@ -719,8 +770,6 @@ def read_s3_object(
 def _read_s3(
     bucket: str, key: str, limits: FetchLimits, deadline: float, version_id: str | None = None
 ) -> tuple[bytes, dict]:
-    from lambda_function.s3_transport import read_budget
-
     client = s3_client(limits)
     where = _echo(f"s3://{bucket}/{key}")
     request = {"Bucket": bucket, "Key": key}
@@ -728,7 +777,7 @@ def _read_s3(
         request["VersionId"] = version_id
     try:
         # Headers and body arrive within the deadline, or the socket gives up waiting (s3_transport).
-        with read_budget(limits, deadline):
+        with s3_transport.read_budget(limits, deadline):
             response = client.get_object(**request)
     except ServingError:
         raise
