@@ -1,4 +1,5 @@
-"""Serving benchmark: the Lambda handler vs the bare TFLite interpreter, cold start, and memory growth.
+"""Serving benchmark: the Lambda handler vs the bare model (LiteRT, or ONNX Runtime for a .onnx), cold
+start, and memory growth.
 
 All in one run, on one model and one real photo served from a loopback HTTP server:
 
@@ -34,6 +35,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # run as a plain script from anywhere
 
 from bench import record  # noqa: E402
+from lambda_function.classifier import backend_for  # noqa: E402
 from lambda_function.sidecar import read_sidecar  # noqa: E402
 from local.loopback import LoopbackServer, QuietHandler  # noqa: E402
 
@@ -56,13 +58,17 @@ import sys, time
 started = time.perf_counter()
 if len(sys.argv) > 1:
     sys.path.insert(0, sys.argv[1])
-import numpy, PIL.Image, ai_edge_litert.interpreter
+import numpy, PIL.Image, {runtime}
 libraries = time.perf_counter()
 import lambda_function.app as app
 classifier = app.get_classifier()
 ready = time.perf_counter()
 print("COLD", libraries - started, ready - libraries, classifier.model_id)
 """
+
+
+# The runtime library a backend's cold start imports before the app (backend_for: by file suffix).
+RUNTIME_MODULES = {"tflite": "ai_edge_litert.interpreter", "onnx": "onnxruntime"}
 
 
 class BenchError(RuntimeError):
@@ -74,6 +80,7 @@ class Result:
     model: str
     model_bytes: int
     variant: str | None
+    backend: str
     image: str
     image_bytes: int
     threads: int
@@ -148,39 +155,32 @@ def rss_mb() -> tuple[float, float]:
 
 
 class BareInvoke:
-    """The model on its own interpreter: what inference costs with nothing around it."""
+    """The model on its own engine (LiteRT, or ONNX Runtime for a .onnx): what inference costs with
+    nothing around it; the same engine API the handler's Classifier drives."""
 
     def __init__(self, model: Path, threads: int, pixels_for):
-        from lambda_function.classifier import load_interpreter  # the handler's own loader
+        from lambda_function.classifier import load_engine  # the handler's own loader
 
-        self.interpreter = load_interpreter(model, threads)
-        (inp,), (out,) = self.interpreter.get_input_details(), self.interpreter.get_output_details()
-        self.input_index, self.output_index = inp["index"], out["index"]
-        pixels = pixels_for((int(inp["shape"][1]), int(inp["shape"][2])))[None]
-        dtype = np.dtype(inp["dtype"])
-        if dtype.kind in "iu":  # fully quantized input: quantize once, outside the timed loop
-            scale, zero_point = inp["quantization"]
-            info = np.iinfo(dtype)
-            pixels = np.clip(np.rint(pixels / scale + zero_point), info.min, info.max)
-        self.tensor = np.ascontiguousarray(pixels, dtype=dtype)
+        self.engine = load_engine(model, threads)
+        self.backend = self.engine.backend
+        self.pixels = pixels_for((int(self.engine.input_shape[1]), int(self.engine.input_shape[2])))
 
     def __call__(self) -> np.ndarray:
-        self.interpreter.set_tensor(self.input_index, self.tensor)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index)
+        return self.engine.run(self.pixels)
 
 
 def cold_starts(model: Path, threads: int, runs: int, artifact: Path | None) -> list[tuple[float, float]]:
     """(library import seconds, app import + model load seconds) of ``runs`` fresh interpreters."""
     env = {k: v for k, v in os.environ.items() if k != "FETCH_ALLOWED_HOSTS"}
     env.update(MODEL_PATH=str(model.resolve()), NUM_THREADS=str(threads), LOG_LEVEL="WARNING")
+    child = COLD_START_CHILD.format(runtime=RUNTIME_MODULES[backend_for(model)])
     if artifact is not None:
         artifact = artifact.resolve()  # the child runs from another folder
         # Like Lambda: only the artifact on the path, and no bytecode cache written (read-only /var/task).
-        command = [sys.executable, "-I", "-S", "-B", "-c", COLD_START_CHILD, str(artifact)]
+        command = [sys.executable, "-I", "-S", "-B", "-c", child, str(artifact)]
         cwd = artifact.parent
     else:
-        command = [sys.executable, "-c", COLD_START_CHILD]
+        command = [sys.executable, "-c", child]
         cwd = REPO_ROOT
     timings = []
     for _ in tqdm(range(runs), desc="cold starts", unit="run", leave=False):
@@ -233,7 +233,7 @@ def run_benchmark(
 
                 app.reset_for_tests()
                 app.get_classifier()
-            bare = BareInvoke(model, threads, lambda size: preprocess(data, size).astype(np.float32))
+            bare = BareInvoke(model, threads, lambda size: preprocess(data, size))
             event = {"url": url, "top_k": 3}
             for i in tqdm(range(requests), desc="requests", unit="req"):
                 with contextlib.redirect_stdout(devnull):  # the JSON log line is built, then dropped
@@ -258,6 +258,7 @@ def run_benchmark(
         model=str(model),
         model_bytes=model.stat().st_size,
         variant=meta.get("variant"),
+        backend=bare.backend,
         image=str(photo),
         image_bytes=len(data),
         threads=threads,
@@ -320,7 +321,7 @@ def markdown(r: Result) -> str:
         ("peak RSS (handler + bare interpreter)", f"{r.peak_rss_mb:.1f} MB", "", ""),
     ]
     head = (
-        f"Model `{Path(r.model).name}` ({r.variant}, {r.model_bytes / 1e6:.1f} MB), image "
+        f"Model `{Path(r.model).name}` ({r.variant}, {r.backend}, {r.model_bytes / 1e6:.1f} MB), image "
         f"`{Path(r.image).name}` ({r.image_bytes / 1e3:.0f} kB), {r.threads} threads, {r.cpu_count} CPUs, "
         f"Python {r.python} {r.machine}; cold start from the {r.cold_start_from}.\n\n"
     )
@@ -355,7 +356,9 @@ def draw(figure, r: dict) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="a .tflite with its .json sidecar")
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help="a .tflite or .onnx with its .json sidecar"
+    )
     parser.add_argument("--image", type=Path, help="the photo to serve (default: samples/pants.jpg)")
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS)
     parser.add_argument("--threads", type=int, help="interpreter threads (default: env NUM_THREADS or CPUs)")
