@@ -16,6 +16,7 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "memory")
 CFS_PERIOD_US = 100_000
+MIN_QUOTA_US = 1000  # the kernel refuses a smaller quota (only sizes far below Lambda's 128 MB need it)
 # rmdir of a cgroup fails with EBUSY for a moment after its last task exits; try for this long.
 REMOVE_TIMEOUT_S = 5.0
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
@@ -51,7 +52,7 @@ class LambdaBox:
     def __init__(self, name: str, memory_mb: int, mb_per_vcpu: int, root: Path | None = None):
         self.root = CGROUP_ROOT if root is None else root
         self.memory_mb = memory_mb
-        self.quota_us = round(CFS_PERIOD_US * memory_mb / mb_per_vcpu)
+        self.quota_us = max(MIN_QUOTA_US, round(CFS_PERIOD_US * memory_mb / mb_per_vcpu))
         self.dirs = {c: self.root / c / own_cgroup(c).lstrip("/") / name for c in CONTROLLERS}
 
     def __enter__(self) -> LambdaBox:
