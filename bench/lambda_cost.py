@@ -17,6 +17,7 @@ LAMBDA_REQUEST = 0.20 / 1e6
 # S3 Standard: GET and LIST/PUT requests.
 S3_GET = 0.0004 / 1000
 S3_LIST = 0.005 / 1000
+S3_PUT = 0.005 / 1000  # per-image result objects (ResultObjects=all) and tags are PUT-class requests
 S3_KEYS_PER_LIST = 1000
 # Step Functions: the Standard parent's state transitions (one per child execution), the Express
 # children's requests and duration (64 MB is the smallest Express memory size billed).

@@ -239,7 +239,10 @@ def draw(figure, report: dict) -> None:
             label=label,
             color=line.get_color(),
         )
-    time_axes.axhline(report["max_p90_ms"], color="#c44e52", linestyle="--", linewidth=1, label="p90 bound")
+    slowest = max((r["p90_ms"] for rows in series.values() for r in rows), default=0.0)
+    bound = report["max_p90_ms"]
+    if bound <= 1.5 * slowest:  # else the line would squash the curves: the title gives it
+        time_axes.axhline(bound, color="#c44e52", linestyle="--", linewidth=1, label="p90 bound")
     for key, pick in report["cheapest"].items():
         if key.endswith("/x86_64") and "batch_operations" not in key:
             cost_axes.scatter(
@@ -249,10 +252,12 @@ def draw(figure, report: dict) -> None:
         xlabel="Lambda memory, MB (CPU share = MB / 1,769)", ylabel="ms per image (p90; p50 dotted)"
     )
     cost_axes.set(xlabel="Lambda memory, MB", ylabel="$ per million images, x86_64")
-    time_axes.legend(fontsize=7)
-    if series:
+    if series:  # nothing to label when every run failed or none ran under limits
+        time_axes.legend(fontsize=7)
         cost_axes.legend(fontsize=7)
-    time_axes.set_title(f"time per image, {report['images']} warm images per run", fontsize=9)
+    time_axes.set_title(
+        f"time per image, {report['images']} warm per run; p90 bound {bound:g} ms", fontsize=9
+    )
     cost_axes.set_title("cost (star: cheapest within the p90 bound)", fontsize=9)
 
 
@@ -274,22 +279,24 @@ def render_docs(report: dict) -> str:
         " cgroup CPU quota of memory / 1,769 MB vCPU on this CPU, not in Lambda; arm64 prices are applied to"
         " these x86 times (Graviton not measured).",
         "",
-        "| path | backend | threads | memory MB (vCPU) | p50 / p90 ms per image | cold start s | peak MB"
+        "| path | backend | threads | memory MB (vCPU) | p50 / p90 ms per image | cold start s"
+        " | peak MB, cgroup / RSS"
         " | GB-s per image | $ per million, x86_64 / arm64 |",
         "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
     for row in report["runs"]:
         size = f"{row['memory_mb']} ({row['vcpus']:.2f})" if row["memory_mb"] else "unlimited"
         if row.get("oom"):
-            figures = "out of memory | — | " + str(row.get("peak_mb", "—")) + " | — | —"
+            figures = f"out of memory | — | {row.get('peak_mb', '—')} / — | — | —"
         elif row.get("p90_ms") is None:
             figures = f"error | — | — | — | {row.get('error', '')}"
         else:
             engine = ENGINES_BY_PATH[row["path"]][0]
             cost = row.get("usd_per_million", {}).get(engine, {})
+            gb_s = f"{row['gb_s_per_image']:.4f}" if "gb_s_per_image" in row else "—"
             figures = (
                 f"{row['p50_ms']:.0f} / {row['p90_ms']:.0f} | {row['cold_start_s']:.2f}"
-                f" | {row.get('peak_mb', row.get('child_peak_rss_mb'))} | {row.get('gb_s_per_image', '—')}"
+                f" | {row.get('peak_mb', '—')} / {row.get('child_peak_rss_mb', '—')} | {gb_s}"
                 f" | {_usd(cost.get('x86_64'))} / {_usd(cost.get('arm64'))} ({engine.replace('_', ' ')})"
             )
         lines.append(f"| {row['path']} | {row['backend']} | {row['num_threads']} | {size} | {figures} |")
@@ -321,6 +328,13 @@ def render_docs(report: dict) -> str:
             item = "**total**" if x86["item"] == "total" else x86["item"].replace(" (x86_64)", "")
             formula = x86["formula"].replace(lambda_cost.price(lambda_cost.LAMBDA_GB_S["x86_64"]), "price")
             lines.append(f"| {item} | {formula} | {_usd(x86['usd'])} | {_usd(arm['usd'])} |")
+    put, get = lambda_cost.IMAGES * lambda_cost.S3_PUT, lambda_cost.IMAGES * lambda_cost.S3_GET
+    lines += [
+        "",
+        f"Not in these totals: per-image result objects (`ResultObjects=all`; the default writes none for a"
+        f" Map or Batch Operations run) add one S3 PUT per image, N × $0.005/1,000 = {_usd(put)}; tags"
+        f" (`TagObjects=true`) add a GET and a PUT per image, {_usd(get + put)}.",
+    ]
     return "\n".join(lines)
 
 

@@ -65,3 +65,19 @@ def test_a_child_past_its_memory_size_is_reported_out_of_memory(tmp_path, monkey
     (row,) = json.loads(out.read_text())["runs"]
     assert row["oom"] and row["oom_kills"] >= 1 and row["p90_ms"] is None
     assert leftover_boxes() == before
+
+
+def test_an_onnx_model_is_tuned_as_its_own_backend(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tests.fixtures import tiny_onnx
+
+    model = tiny_onnx.write(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "green.png").write_bytes(solid(GREEN))
+    out = tmp_path / "onnx.json"
+    argv = ["--model", str(model), "--memory", "1769", "--threads", "2", "--paths", "single", "--images", "2"]
+    assert power_tune.main([*argv, "--images-dir", str(images), "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["runs"]
+    assert row["backend"] == "onnx" and row["failures"] == 0 and "error" not in row
+    assert row["usd_per_million"]["direct"]["x86_64"] > 0

@@ -26,7 +26,11 @@ def test_a_direct_call_costs_compute_plus_one_request():
     # 10^6 images x 0.2 s x 2 GB = 400,000 GB-s at $0.0000166667
     assert by_item["Lambda compute (x86_64)"] == pytest.approx(6.66668, abs=1e-4)
     assert by_item["Lambda requests"] == pytest.approx(0.20)
-    assert items[-1] == {"item": "total", "formula": "sum of the above", "usd": pytest.approx(6.86668, abs=1e-4)}
+    assert items[-1] == {
+        "item": "total",
+        "formula": "sum of the above",
+        "usd": pytest.approx(6.86668, abs=1e-4),
+    }
     assert "0.0000166667" in items[0]["formula"] and "e-05" not in items[0]["formula"]
 
 
@@ -197,7 +201,8 @@ def test_the_docs_table_is_rendered_from_the_json():
     assert "Test CPU (avx2), 2 CPUs, load 0.1, 2026-12-05 09:00 UTC" in table
     assert "`python -m bench.power_tune --json build/power_tune.json`" in table
     assert "| single | tflite | 1 | 1024 (0.58) |" in table
-    assert "| bulk | tflite | 1 | 512 (0.29) | out of memory |" in table
+    assert "| bulk | tflite | 1 | 512 (0.29) | out of memory | — | 290.0 / — |" in table
+    assert "| single | tflite | 1 | 2048 (1.16) | 160 / 200 | 1.25 | 290.0 / 1.0 |" in table
     pick = report["cheapest"]["bulk/distributed_map/x86_64"]
     total = f"${pick['usd_per_million']:,.2f}"
     assert f"| **total** | sum of the above | {total} |" in table
