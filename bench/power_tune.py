@@ -145,8 +145,11 @@ def run_child(argv: list[str], env: dict, box, timeout_s: float) -> dict:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+        timed_out = done is None and time.perf_counter() - started >= timeout_s
         stderr.seek(0)
         tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+        if timed_out:
+            tail = [f"stopped after the {timeout_s:g} s timeout", *tail]
     return {"returncode": child.returncode, "cold_s": cold_s, "first": first, "done": done, "stderr": tail}
 
 

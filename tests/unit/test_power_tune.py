@@ -254,3 +254,11 @@ def test_without_cgroups_it_says_so_and_runs_unlimited(tmp_path, monkeypatch, ca
     assert only["p90_ms"] > 0 and only["failures"] == 0
     assert report["limits"].startswith("none (no cgroup v1 cpu controller")
     assert report["cheapest"] == {}
+
+
+def test_a_child_that_never_answers_is_stopped_at_the_timeout():
+    import sys
+
+    outcome = power_tune.run_child([sys.executable, "-c", "import time; time.sleep(30)"], {}, None, 0.5)
+    assert outcome["returncode"] == -9 and outcome["done"] is None
+    assert outcome["stderr"][0] == "stopped after the 0.5 s timeout"
