@@ -35,8 +35,17 @@ ENGINES = ("direct", "distributed_map", "batch_operations")
 
 
 def price(usd: float) -> str:
-    """A unit price as written on the AWS pages: 0.0000166667, not 1.66667e-05."""
-    return f"${usd:.10f}".rstrip("0").rstrip(".")
+    """A unit price as written on the AWS pages: $0.0000166667 (not 1.66667e-05), $0.20, $0.0004."""
+    whole, _, fraction = f"{usd:.10f}".partition(".")
+    return f"${whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def per_thousand(usd: float) -> str:
+    return f"{price(usd * 1000)}/1,000"
+
+
+def per_million(usd: float) -> str:
+    return f"{price(usd * 1e6)}/10⁶"
 
 
 # The formulas behind cost_items, written into every power-tune record and printed with it.
@@ -44,12 +53,13 @@ FORMULAS = {
     "gb_s_per_image": "t × M: mean seconds per image × memory MB / 1024",
     "compute": f"N × t × M × $ per GB-s (x86_64 {price(LAMBDA_GB_S['x86_64'])},"
     f" arm64 {price(LAMBDA_GB_S['arm64'])})",
-    "direct": "compute + N requests × $0.20/10⁶ (one image per call)",
-    "distributed_map": "compute + N/B requests × $0.20/10⁶ + N S3 GET × $0.0004/1,000 + N/1,000 S3 LIST"
-    " × $0.005/1,000 + N/B parent transitions × $0.025/1,000 + N/B Express requests × $1.00/10⁶"
+    "direct": f"compute + N requests × {per_million(LAMBDA_REQUEST)} (one image per call)",
+    "distributed_map": f"compute + N/B requests × {per_million(LAMBDA_REQUEST)} + N S3 GET ×"
+    f" {per_thousand(S3_GET)} + N/{S3_KEYS_PER_LIST:,} S3 LIST × {per_thousand(S3_LIST)} + N/B parent"
+    f" transitions × {per_thousand(SFN_TRANSITION)} + N/B Express requests × {per_million(EXPRESS_REQUEST)}"
     f" + N × t × {EXPRESS_GB} GB × {price(EXPRESS_GB_S)}/GB-s Express duration",
-    "batch_operations": "compute + N requests × $0.20/10⁶ + N S3 GET × $0.0004/1,000 + $0.25 per job"
-    " + N × $1.00/10⁶ objects",
+    "batch_operations": f"compute + N requests × {per_million(LAMBDA_REQUEST)} + N S3 GET ×"
+    f" {per_thousand(S3_GET)} + {price(BATCH_OPS_JOB)} per job + N × {per_million(BATCH_OPS_OBJECT)} objects",
 }
 
 
@@ -82,25 +92,29 @@ def cost_items(
         ),
         (
             "Lambda requests",
-            f"N / B × $0.20/10⁶ = {invocations:,.0f} invocations",
+            f"N / B × {per_million(LAMBDA_REQUEST)} = {invocations:,.0f} invocations",
             invocations * LAMBDA_REQUEST,
         ),
     ]
     if engine != "direct":
-        items.append(("S3 GET of the images", "N × $0.0004/1,000", n * S3_GET))
+        items.append(("S3 GET of the images", f"N × {per_thousand(S3_GET)}", n * S3_GET))
     if engine == "distributed_map":
         items += [
             (
                 "S3 LIST by the ItemReader",
-                f"N / {S3_KEYS_PER_LIST:,} keys per page × $0.005/1,000",
+                f"N / {S3_KEYS_PER_LIST:,} keys per page × {per_thousand(S3_LIST)}",
                 n / S3_KEYS_PER_LIST * S3_LIST,
             ),
             (
                 "Step Functions parent (one transition per child)",
-                "N / B × $0.025/1,000",
+                f"N / B × {per_thousand(SFN_TRANSITION)}",
                 invocations * SFN_TRANSITION,
             ),
-            ("Express children: requests", "N / B × $1.00/10⁶", invocations * EXPRESS_REQUEST),
+            (
+                "Express children: requests",
+                f"N / B × {per_million(EXPRESS_REQUEST)}",
+                invocations * EXPRESS_REQUEST,
+            ),
             (
                 "Express children: duration",
                 f"N × t × {EXPRESS_GB} GB × {price(EXPRESS_GB_S)}/GB-s",
@@ -109,7 +123,11 @@ def cost_items(
         ]
     if engine == "batch_operations":
         items.append(
-            ("S3 Batch Operations", "$0.25 per job + N × $1.00/10⁶", BATCH_OPS_JOB + n * BATCH_OPS_OBJECT)
+            (
+                "S3 Batch Operations",
+                f"{price(BATCH_OPS_JOB)} per job + N × {per_million(BATCH_OPS_OBJECT)}",
+                BATCH_OPS_JOB + n * BATCH_OPS_OBJECT,
+            )
         )
     rows = [{"item": item, "formula": formula, "usd": round(usd, 4)} for item, formula, usd in items]
     rows.append(
@@ -122,8 +140,8 @@ def total(items: list[dict]) -> float:
     return items[-1]["usd"]
 
 
-def cheapest(rows: list[dict], max_p90_ms: float, price: Callable[[dict], float]) -> dict | None:
-    """The row of least ``price(row)`` among those that finished (no out-of-memory, no error) with a p90
+def cheapest(rows: list[dict], max_p90_ms: float, cost: Callable[[dict], float]) -> dict | None:
+    """The row of least ``cost(row)`` among those that finished (no out-of-memory, no error) with a p90
     within ``max_p90_ms``; None when no row qualifies. Ties go to the smaller memory size."""
     fit = [
         row
@@ -133,4 +151,4 @@ def cheapest(rows: list[dict], max_p90_ms: float, price: Callable[[dict], float]
         and row.get("p90_ms") is not None
         and row["p90_ms"] <= max_p90_ms
     ]
-    return min(fit, key=lambda row: (price(row), row["memory_mb"] or 0), default=None)
+    return min(fit, key=lambda row: (cost(row), row["memory_mb"] or 0), default=None)

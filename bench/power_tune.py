@@ -332,10 +332,11 @@ def render_docs(report: dict) -> str:
             formula = x86["formula"].replace(lambda_cost.price(lambda_cost.LAMBDA_GB_S["x86_64"]), "price")
             lines.append(f"| {item} | {formula} | {_usd(x86['usd'])} | {_usd(arm['usd'])} |")
     put, get = lambda_cost.IMAGES * lambda_cost.S3_PUT, lambda_cost.IMAGES * lambda_cost.S3_GET
+    put_price = lambda_cost.per_thousand(lambda_cost.S3_PUT)
     lines += [
         "",
         f"Not in these totals: per-image result objects (`ResultObjects=all`; the default writes none for a"
-        f" Map or Batch Operations run) add one S3 PUT per image, N × $0.005/1,000 = {_usd(put)}; tags"
+        f" Map or Batch Operations run) add one S3 PUT per image, N × {put_price} = {_usd(put)}; tags"
         f" (`TagObjects=true`) add a GET and a PUT per image, {_usd(get + put)}.",
     ]
     return "\n".join(lines)

@@ -34,6 +34,18 @@ def test_a_direct_call_costs_compute_plus_one_request():
     assert "0.0000166667" in items[0]["formula"] and "e-05" not in items[0]["formula"]
 
 
+def test_prices_are_written_as_on_the_aws_pages():
+    assert [lambda_cost.price(x) for x in (0.0000166667, 0.2, 0.025, 1.0, 0.0004)] == [
+        "$0.0000166667",
+        "$0.20",
+        "$0.025",
+        "$1.00",
+        "$0.0004",
+    ]
+    assert lambda_cost.per_thousand(lambda_cost.SFN_TRANSITION) == "$0.025/1,000"
+    assert lambda_cost.per_million(lambda_cost.LAMBDA_REQUEST) == "$0.20/10⁶"
+
+
 def test_arm64_is_charged_its_own_gb_second_price():
     x86 = lambda_cost.cost_items("direct", 0.2, 2048, "x86_64")[0]["usd"]
     arm = lambda_cost.cost_items("direct", 0.2, 2048, "arm64")[0]["usd"]
