@@ -47,7 +47,8 @@ export SAM_CLI_TELEMETRY := 0
 
 .DEFAULT_GOAL := help
 .PHONY: help demo test lint format data train evaluate convert model-card build invoke invoke-local deploy bench \
-	bench-serve clean bench-bombs classify-bucket bench-bulk ondevice web test-web bench-web eval-ondevice check-arm64
+	bench-serve clean bench-bombs classify-bucket bench-bulk ondevice web test-web bench-web eval-ondevice check-arm64 \
+	power-tune power-tune-docs
 
 # `make help` groups the targets by the tag that starts their "## [group]" comment, in this order.
 HELP_GROUPS := use:Use the bundled model|train:Train your own classes (docs/own-classes.md)|deploy:Deploy to AWS (docs/deploying.md)|measure:Measure|develop:Develop
@@ -162,6 +163,13 @@ bench-bombs: $(DEV_VENV)/.installed ## [measure] Hostile inputs through the hand
 classify-bucket: $(DEV_VENV)/.installed ## [deploy] Classify s3://BUCKET/PREFIX: start the stack's Distributed Map (LOCAL=1: here)
 	$(DEV_PY) -m deploy.classify_bucket --bucket "$(BUCKET)" --prefix "$(PREFIX)" --stack $(STACK_NAME) \
 		$(if $(LOCAL),--local)
+
+# Lambda memory sizes as cgroup v1 limits (root; else unlimited, said so): time, cold start, memory, $.
+power-tune: $(DEV_VENV)/.installed ## [measure] Handler per Lambda memory size (CPU quota + memory limit): ms, cold start, $/M images, cheapest size
+	$(DEV_PY) -m bench.power_tune --json build/power_tune.json
+
+power-tune-docs: $(DEV_VENV)/.installed ## [measure] docs/bulk.md's cost table from build/power_tune.json (make power-tune first)
+	$(DEV_PY) -m bench.power_tune --write-docs build/power_tune.json
 
 bench-bulk: $(DEV_VENV)/.installed ## [measure] Images/s of one instance on the bulk path: bundled model, 50 test photos, moto S3
 	nice -n 10 $(DEV_PY) -m bench.bulk --data-dir $(DATA_DIR) --images 50 --json build/bench_bulk.json

@@ -44,6 +44,17 @@ def pick_images(split_dir: Path, count: int) -> list[Path]:
     return picked
 
 
+def upload(s3, images: list[Path], bucket: str, prefix: str) -> dict[str, str]:
+    """Put each image at ``<prefix><folder>/<name>``; {key: folder name} (the label, for the test split)."""
+    keys = {}
+    for path in images:
+        key = f"{prefix}{path.parent.name}/{path.name}"
+        content_type = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), ContentType=content_type)
+        keys[key] = path.parent.name
+    return keys
+
+
 def draw(figure, report: dict) -> None:
     axes = figure.subplots()
     runs = report["runs"]
@@ -110,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         s3 = boto3.client("s3")
         for bucket in (INPUT_BUCKET, RESULTS_BUCKET):
             s3.create_bucket(Bucket=bucket)
-        truth = {}
-        for path in images:
-            key = f"{PREFIX}{path.parent.name}/{path.name}"
-            s3.put_object(Bucket=INPUT_BUCKET, Key=key, Body=path.read_bytes(), ContentType="image/jpeg")
-            truth[key] = path.parent.name
+        truth = upload(s3, images, INPUT_BUCKET, PREFIX)
         from lambda_function import app
 
         for threads in args.threads:
