@@ -64,6 +64,9 @@ def training_facts(model_path: str | Path) -> dict | None:
         raise ModelLoadError(str(exc)) from None
     config, data = record["config"], record.get("data") or {}
     facts = {key: config[key] for key in TRAINING_KEYS if key in config}
+    # Folders are named, not located: the sidecar ships, and the build machine's paths are nobody's business.
+    if facts.get("extra_dir"):
+        facts["extra_dir"] = Path(facts["extra_dir"]).name
     if data.get("root"):
         facts["dataset"] = Path(data["root"]).name
     counts = data.get("counts") or {}

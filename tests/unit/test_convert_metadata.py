@@ -171,7 +171,8 @@ def test_training_facts_travel_from_config_json_to_the_sidecar(model_file):
     assert training_facts(source) is None  # no config.json: a model trained elsewhere
     record = {  # the shape python -m train writes (train/trainer.py)
         "config": {"image_size": 299, "pooled_blocks": "13,14", "standardize": True, "dense_units": 100,
-                   "dropout": 0.5, "train_views": 2, "epochs": 60, "seed": 1},
+                   "dropout": 0.5, "train_views": 2, "epochs": 60, "seed": 1,
+                   "extra_dir": "/srv/photos/clothing-dataset-extra"},
         "data": {"root": "data/clothing-dataset-small", "classes": LABELS,
                  "counts": {"train": {"dress": 4, "hat": 5, "pants": 6},
                             "test": {"dress": 1, "hat": 1, "pants": 2}}},
@@ -185,6 +186,7 @@ def test_training_facts_travel_from_config_json_to_the_sidecar(model_file):
         "dense_units": 100,
         "dropout": 0.5,
         "train_views": 2,
+        "extra_dir": "clothing-dataset-extra",
         "dataset": "clothing-dataset-small",
         "images": {"train": 15, "test": 4},
     }
