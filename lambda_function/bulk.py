@@ -27,7 +27,6 @@ trigger the function again.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -307,7 +306,7 @@ def handle(
         # The answer had no room for these: their JSON lines go to RESULTS_BUCKET instead.
         for outcome in omitted:
             if not outcome.skipped and outcome.item.problem is None:
-                _finish(outcome, dataclasses.replace(config, tag_objects=False), limits)
+                _finish(outcome, replace(config, tag_objects=False), limits)
     return body
 
 

@@ -9,7 +9,6 @@ first run) is a 500 ``model_unavailable`` at load, with the reason in the log, n
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +72,10 @@ class OnnxEngine:
         self._input_name, self._output_name = inp.name, outputs[0].name
         # The one input buffer, reused by every request (no float copy of the image per call).
         self._buffer = np.zeros(self.input_shape, np.float32)
-        started = time.perf_counter()
         try:
             self.output_size = int(self._run().size)
         except Exception as exc:  # a graph that loads but cannot run (bad shapes inside, missing kernel)
             raise _model_error(f"{path}: the model fails on its first run: {_first_line(exc)}") from None
-        self.first_run_ms = (time.perf_counter() - started) * 1000.0
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 pixels (height, width, 3) -> the model's raw output, flat (float32)."""
