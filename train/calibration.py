@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lambda_function.classifier import softmax
+from lambda_function.sidecar import CALIBRATION_METHODS as METHODS  # the sidecar records one of these
 
-METHODS = ("none", "temperature", "vector", "matrix")
 ECE_BINS = 15  # equal-width bins on the top-1 score, the usual choice (Guo et al.)
 COVERAGES = (0.9, 0.8, 0.7)  # "accuracy on the most confident 90 / 80 / 70% of photos"
 # Temperature search range: below 0.05 or above 50 the model would be broken, not miscalibrated.
