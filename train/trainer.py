@@ -523,7 +523,7 @@ def tune_block14_on_train(
     return head, tuned
 
 
-def extra_held_out(config, dataset, loaded, features, x, y, weights, held: HeldOut, num_classes) -> None:
+def extra_held_out(config, loaded, features, x, y, weights, held: HeldOut, num_classes) -> None:
     """Out-of-fold logits of the extra photos into ``held`` (grouped by contributor), when they have
     enough contributors for ``config.folds`` folds."""
     paths = loaded.paths[EXTRA_SPLIT]
@@ -605,7 +605,7 @@ def train(config: TrainConfig) -> TrainResult:
     else:
         held = HeldOut(np.asarray(heads.model().predict(features["validation"], verbose=0)), val_y)
         if extra_rows:
-            extra_held_out(config, dataset, loaded, features, x, y, weights, held, num_classes)
+            extra_held_out(config, loaded, features, x, y, weights, held, num_classes)
             phase("grouped_cv_s")
     calibrator, calibration_report, nested = heldout.calibrate(
         config.calibration, held, config.threshold_accuracy, config.calibration_extra_share
