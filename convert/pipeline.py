@@ -115,10 +115,7 @@ def plan(options: ConvertOptions) -> list[tuple[str, str]]:
     pairs = plan_pairs(list(options.formats), list(options.variants))
     if not pairs:
         raise ConversionError("Nothing to convert: no requested variant exists in the requested formats.")
-    if options.target not in targetsmod.TARGETS:
-        raise ConversionError(
-            f"Unknown target {options.target!r}; choose from: {', '.join(targetsmod.TARGETS)}."
-        )
+    targetsmod.check_target(options.target)  # like --install: fail before minutes of work
     if options.install not in ("no", "auto"):
         installmod.named_target(options.install, pairs)  # fail before minutes of work, not after
     return pairs

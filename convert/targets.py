@@ -87,6 +87,12 @@ TARGETS = {
 }
 
 
+def check_target(target: str) -> None:
+    """ConversionError unless ``target`` is one of TARGETS."""
+    if target not in TARGETS:
+        raise ConversionError(f"Unknown target {target!r}; choose from: {', '.join(TARGETS)}.")
+
+
 def table_for(target: str, tables: tuple[LatencyTable, ...] = LATENCY_TABLES) -> LatencyTable | None:
     """The measured machine that stands for ``target``: flags all guaranteed by it, the most of them."""
     isa = TARGETS[target].isa
@@ -117,8 +123,7 @@ def choose_for_target(
     max_size_mb: float = MAX_INSTALL_MB,
 ) -> dict:
     """The report row to install for ``target`` (``formats``: narrow the target's own)."""
-    if target not in TARGETS:
-        raise ConversionError(f"Unknown target {target!r}; choose from: {', '.join(TARGETS)}.")
+    check_target(target)
     if target == "host":
         return choose_variant(rows, keras_accuracy, max_drop, max_size_mb)
     allowed = tuple(f for f in TARGETS[target].formats if formats is None or f in formats)
