@@ -322,16 +322,6 @@ def serve_flood(prefix: bytes, unit: bytes, total: int):
         listener.close()
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _reset_peak() -> str:
     """Reset the kernel's peak-RSS mark; returns how peaks are measured."""
     try:
@@ -343,7 +333,7 @@ def _reset_peak() -> str:
 
 def _peak_kb(method: str) -> int:
     if method == "VmHWM":
-        return _status_kb("VmHWM") or 0
+        return record.proc_status_kb("VmHWM") or 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -384,7 +374,7 @@ def run_child(name: str, model: Path) -> dict:
         event_bytes = len(json.dumps(event, ensure_ascii=True))
         gc.collect()
         method = _reset_peak()
-        rss_before = _status_kb("VmRSS") or _peak_kb(method)
+        rss_before = record.proc_status_kb("VmRSS") or _peak_kb(method)
         captured = io.StringIO()
         cpu, wall = time.process_time(), time.perf_counter()
         with contextlib.redirect_stdout(captured):  # the handler's log lines

@@ -13,6 +13,8 @@ import json
 import sys
 import time
 
+from bench import record
+
 PROTOCOL_PREFIX = "POWER-TUNE "
 
 
@@ -28,11 +30,7 @@ def emit(kind: str, **fields) -> None:
 
 
 def peak_rss_mb() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return (record.proc_status_kb("VmHWM") or 0) / 1024
 
 
 def main(argv: list[str]) -> int:

@@ -34,6 +34,17 @@ SPEED_FLAGS = (
 CPUINFO = Path("/proc/cpuinfo")
 
 
+def proc_status_kb(field: str) -> int | None:
+    """One ``/proc/self/status`` figure in kB (``VmRSS``, ``VmHWM``...); None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def cpuinfo_fields(text: str) -> tuple[str, set[str]]:
     """(model name, flags) from the text of /proc/cpuinfo (first processor; x86 or arm64 layout)."""
     model, flags = "", set()

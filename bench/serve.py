@@ -145,13 +145,7 @@ def serve_bytes(data: bytes, content_type: str = "image/jpeg"):
 
 def rss_mb() -> tuple[float, float]:
     """(current, peak) resident set size of this process in MB, from /proc/self/status."""
-    fields = {}
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024.0
-    return fields["VmRSS"], fields["VmHWM"]
+    return record.proc_status_kb("VmRSS") / 1024.0, record.proc_status_kb("VmHWM") / 1024.0
 
 
 class BareInvoke:
