@@ -56,7 +56,7 @@ IMAGES_DIR = REPO_ROOT / "samples"
 IMAGES = 20  # warm images per run (after the cold first call); cost and percentiles come from these
 BULK_BATCH = 5  # images per Distributed Map batch measured: enough to overlap reads with inference
 # The batch the Map's per-invocation charges are costed at: template.yaml's MapItemsPerBatch default.
-MAP_ITEMS_PER_BATCH = 20
+MAP_ITEMS_PER_BATCH = 50
 # The latency bound for the choice: a person waiting on one photo; for bulk, per image of a batch.
 MAX_P90_MS = 1000.0
 CHILD_TIMEOUT_S = 300  # one run (one size, path, backend, thread count); past it the row is an error

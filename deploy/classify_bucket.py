@@ -32,7 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 
 STATE_MACHINE_OUTPUT = "ClassifyBucketStateMachineArn"
 RESULTS_OUTPUT = "ResultsLocation"
-DEFAULT_ITEMS_PER_BATCH = 20  # template.yaml's MapItemsPerBatch default
+DEFAULT_ITEMS_PER_BATCH = 50  # template.yaml's MapItemsPerBatch default
 # The state machine's ItemBatcher also cuts at this much input (template.yaml: MaxInputBytesPerBatch).
 MAX_INPUT_BYTES_PER_BATCH = 204_800
 # As the state machine's Retry on RetryLater: 1 try + 4 retries, 5 s doubling (shorter here).

@@ -312,6 +312,27 @@ def test_int8_defaults_keep_pooling_and_head_float(converted):
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)  # the convolution is still int8
 
 
+def test_onnx_int8_is_u8s8_and_stores_the_head_weights_as_int8(converted):
+    """uint8 activations (onnxruntime's x86 format, convert/onnx.py ACTIVATION_TYPE), and the float
+    head's Gemm weights come from an int8 initializer, cast and scaled (folded at load)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(converted[0].models["onnx-int8"])).graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    zero_points = {initializers[n.input[2]].dtype for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert zero_points == {np.dtype(np.uint8)}
+    producer = {out: n for n in graph.node for out in n.output}
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    assert gemms
+    for gemm in gemms:
+        scaled = producer[gemm.input[1]]
+        cast = producer[scaled.input[0]]
+        assert (scaled.op_type, cast.op_type) == ("Mul", "Cast")
+        assert initializers[cast.input[0]].dtype == np.int8
+        assert gemm.input[0] not in initializers  # float activations in: the head itself is not quantized
+
+
 def test_int8_options_keep_the_logits_layer_in_float(keras_model_path, data_dir, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 

@@ -152,3 +152,21 @@ def test_an_unknown_model_backend_is_a_500_not_a_crash(app, allowed_server, red_
     monkeypatch.setenv("MODEL_BACKEND", "tensorrt")
     body = app.lambda_handler({"url": allowed_server.add("/r.png", red_png)}, None)
     assert body["error"]["code"] == "model_unavailable"
+
+
+def test_the_bundled_onnx_model_is_the_bundled_tflite_models_twin():
+    """Both bundled files come from the same trained model and name the same label on every sample photo
+    (a stale ONNX file, left behind by a retrained TFLite one, fails here)."""
+    from pathlib import Path
+
+    tflite = Classifier.from_path(bundled_model_path({"MODEL_BACKEND": "tflite"}), num_threads=1)
+    onnx = Classifier.from_path(bundled_model_path({"MODEL_BACKEND": "onnx"}), num_threads=1)
+    assert onnx.meta["source"] == tflite.meta["source"] and onnx.meta["labels"] == tflite.meta["labels"]
+    assert onnx.meta["quantization"]["activations"].startswith("uint8")
+    photos = sorted((Path(__file__).resolve().parents[2] / "samples").glob("*.jpg"))
+    assert len(photos) == 10
+    for photo in photos:
+        data = photo.read_bytes()
+        labels = [model.top_k(model.predict(preprocess(data, model.input_size, model.resize)), 1)[0]["label"]
+                  for model in (tflite, onnx)]  # fmt: skip
+        assert labels[0] == labels[1], photo.name

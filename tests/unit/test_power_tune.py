@@ -191,7 +191,9 @@ def test_rows_carry_per_image_figures_and_their_cost():
     result = measured("bulk", 2048, 140, 180, 150)
     assert (result["p50_ms"], result["p90_ms"]) == (150.0, 180.0)  # nearest rank of 140, 150, 180
     assert result["gb_s_per_image"] == pytest.approx(0.1567 * 2, abs=1e-3)  # mean 156.7 ms x 2 GB
-    cost = lambda_cost.cost_items("distributed_map", result["mean_ms"] / 1000, 2048, "x86_64", 20)
+    cost = lambda_cost.cost_items(
+        "distributed_map", result["mean_ms"] / 1000, 2048, "x86_64", power_tune.MAP_ITEMS_PER_BATCH
+    )
     assert result["usd_per_million"]["distributed_map"]["x86_64"] == lambda_cost.total(cost)
 
 
