@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from lambda_function.classifier import DEFAULT_MODEL_PATH, TTA_MODES, Classifier
+from lambda_function.classifier import TTA_MODES, Classifier, bundled_model_path
 from lambda_function.errors import ServingError
 from lambda_function.events import DEFAULT_TOP_K, parse_min_confidence
 from lambda_function.fetch import ALLOWED_HOSTS_ENV
@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_URL", help="image files or URLs")
     parser.add_argument(
         "--model",
-        default=os.environ.get("MODEL_PATH") or str(DEFAULT_MODEL_PATH),
-        help="a .tflite file, its .json sidecar next to it (default: env MODEL_PATH, else the bundled one)",
+        default=None,
+        help="a .tflite or .onnx file, its .json sidecar next to it (default: env MODEL_PATH, else the"
+        " bundled model env MODEL_BACKEND names, tflite or onnx; else the bundled TFLite model)",
     )
     parser.add_argument(
         "--top-k",
@@ -110,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # bad flags exit 2 here, before the model loads
     try:
+        # As the handler chooses (classifier.bundled_model_path), so MODEL_BACKEND means the same here.
+        model = args.model or os.environ.get("MODEL_PATH") or bundled_model_path()
         with native_info_hidden(not args.verbose):
-            classifier = Classifier.from_path(args.model, tta=args.tta)
+            classifier = Classifier.from_path(model, tta=args.tta)
     except ServingError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return EXIT_MODEL_FAILED

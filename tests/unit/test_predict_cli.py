@@ -191,3 +191,17 @@ def test_package_main_runs_the_same_cli(tiny_model_path, images):
     result = run_cli(str(images["red"]), "--model", str(tiny_model_path), "--json", module="lambda_function")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["predictions"][0]["label"] == "red"
+
+
+def test_model_backend_picks_the_bundled_model_as_the_handler_does():
+    pytest.importorskip("onnxruntime")
+    sidecar = json.loads((REPO / "lambda_function" / "model" / "onnx" / "model.json").read_text())
+    result = run_cli("samples/pants.jpg", "--json", env={"MODEL_BACKEND": "onnx"})
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["model"] == sidecar["sha256"][:12]
+    assert body["predictions"][0]["label"] == "pants"
+
+    result = run_cli("samples/pants.jpg", env={"MODEL_BACKEND": "pytorch"})
+    assert result.returncode == 2
+    assert "MODEL_BACKEND must be one of tflite, onnx" in result.stderr and "Traceback" not in result.stderr
