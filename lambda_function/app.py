@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from lambda_function.bulk import RetryLater
 from lambda_function.bulk import handle as handle_bulk
-from lambda_function.classifier import Classifier, bundled_model_path
+from lambda_function.classifier import Classifier, model_path
 from lambda_function.errors import ServingError
 from lambda_function.events import BULK_KINDS, event_kind, min_confidence_from_env, parse_event, respond
 from lambda_function.logging_json import get_logger
@@ -42,11 +41,6 @@ _MODEL_UNAVAILABLE = ServingError(
 # (not retried).
 _loaded: dict[tuple[str, str, str], Classifier | ServingError] = {}
 _MODEL_ENV = ("MODEL_PATH", "MODEL_BACKEND", "NUM_THREADS")
-
-
-def model_path() -> Path:
-    """MODEL_PATH, else the bundled model of MODEL_BACKEND (ServingError for an unknown backend)."""
-    return Path(os.environ.get("MODEL_PATH") or bundled_model_path())
 
 
 def get_classifier() -> Classifier:

@@ -69,6 +69,12 @@ def bundled_model_path(environ: os._Environ | dict = os.environ) -> Path:
     return next((path for path in BUNDLED_MODELS.values() if path.is_file()), DEFAULT_MODEL_PATH)
 
 
+def model_path(environ: os._Environ | dict = os.environ) -> Path:
+    """The model to serve: env MODEL_PATH, else the bundled model of MODEL_BACKEND (ServingError for an
+    unknown backend). The handler and the CLI (after its --model) both ask here."""
+    return Path(environ.get("MODEL_PATH") or bundled_model_path(environ))
+
+
 def load_interpreter(path: str | Path, num_threads: int):
     """A TFLite interpreter with tensors allocated, from ai_edge_litert or else tflite_runtime."""
     try:

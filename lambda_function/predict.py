@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
-from lambda_function.classifier import TTA_MODES, Classifier, bundled_model_path
+from lambda_function.classifier import TTA_MODES, Classifier, model_path
 from lambda_function.errors import ServingError
 from lambda_function.events import DEFAULT_TOP_K, parse_min_confidence
 from lambda_function.fetch import ALLOWED_HOSTS_ENV
@@ -111,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # bad flags exit 2 here, before the model loads
     try:
-        # As the handler chooses (classifier.bundled_model_path), so MODEL_BACKEND means the same here.
-        model = args.model or os.environ.get("MODEL_PATH") or bundled_model_path()
+        model = args.model or model_path()  # as the handler chooses: MODEL_PATH, else MODEL_BACKEND's
         with native_info_hidden(not args.verbose):
             classifier = Classifier.from_path(model, tta=args.tta)
     except ServingError as err:
