@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.errors import ConversionError
+from convert.onnx_rounding import repair_weight_rounding
 
 OPSET = 17
 # tf2onnx is run in a child process: it reconfigures TF logging and can take a few GB on Xception,
@@ -106,8 +107,11 @@ def to_onnx_int8(
     per_channel: bool = True,
 ) -> dict:
     """Static QDQ int8 (uint8 activations per-tensor, int8 weights per-channel; the float head gets int8
-    weights too), float32 input and output."""
-    import onnxruntime as ort
+    weights too), float32 input and output; the convolutions' weight rounding repaired afterwards
+    (``convert.onnx_rounding``)."""
+    from lambda_function.onnx_engine import import_onnxruntime
+
+    ort = import_onnxruntime()  # first: it turns telemetry off before onnxruntime starts
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -145,6 +149,7 @@ def to_onnx_int8(
                 "CalibMovingAverageConstant": AVERAGING_CONSTANT,
             },
         )
+        rounding = repair_weight_rounding(out_path, prepared, representative)
     int8_head_weights(out_path, float_nodes)
     weights = "int8 in a 7-bit range" if REDUCE_RANGE else "int8"
     return {
@@ -153,6 +158,8 @@ def to_onnx_int8(
         "activations": "uint8 (MinMax calibration, mean of per-image ranges)"
         if MOVING_AVERAGE
         else "uint8 (MinMax calibration)",
+        "weight_rounding": "per-channel clipped scales, bias correction "
+        f"({rounding['clipped_convolutions']} / {rounding['bias_corrected_convolutions']} convolutions)",
         "input_output": "float32",
         "head": "float activations, int8 per-column weights",
     }

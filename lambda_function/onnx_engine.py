@@ -8,6 +8,7 @@ first run) is a 500 ``model_unavailable`` at load, with the reason in the log, n
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -18,16 +19,30 @@ from lambda_function.errors import model_unavailable as _model_error
 # onnxruntime's thread pool spins while it waits for work by default. Under Lambda's CPU quota (a share
 # of a vCPU below 1,769 MB) a spinning thread burns the quota the other thread needs, so: no spinning.
 ALLOW_SPINNING = False
+# onnxruntime (1.29 on) sends usage events to Microsoft from Linux by default and keeps a device ID under
+# XDG_CACHE_HOME; a classifier behind a URL has no reason to, and under Lambda's read-only root the attempt
+# printed a warning to stderr at import. Read before onnxruntime starts, so set before the import; a value
+# the user sets wins.
+TELEMETRY_OPT_OUT = {"ORT_DISABLE_TELEMETRY": "1"}
 # The input type the serving code writes: float32 pixels 0-255 (scaling is inside the model).
 INPUT_TYPE = "tensor(float)"
 # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from ... failed": the part after the code.
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 
+def import_onnxruntime():
+    """``onnxruntime`` with its telemetry off (``TELEMETRY_OPT_OUT``): how this repo imports it."""
+    for name, value in TELEMETRY_OPT_OUT.items():
+        os.environ.setdefault(name, value)
+    import onnxruntime
+
+    return onnxruntime
+
+
 def load_session(path: str | Path, num_threads: int):
     """An onnxruntime InferenceSession on the CPU with ``num_threads`` intra-op threads; 500 if unusable."""
     try:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
     except ImportError:
         raise _model_error(
             "No ONNX runtime is installed: build with BACKEND=onnx (pip install onnxruntime)."

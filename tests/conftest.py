@@ -6,6 +6,7 @@ Nothing here imports TensorFlow, and the only network traffic is on 127.0.0.1.
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ from local.loopback import LoopbackServer, QuietHandler
 from tests.fixtures.images import BLUE, GREEN, RED, WHITE, encode, raw_png, solid  # noqa: F401
 from tests.fixtures.make_tiny_model import LABELS as TINY_LABELS  # noqa: F401
 from tests.fixtures.make_tiny_model import SIZE as TINY_SIZE  # noqa: F401
+
+# Tests that load onnxruntime directly send no usage telemetry either (lambda_function/onnx_engine.py).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny_model.tflite"
 

@@ -170,3 +170,26 @@ def test_the_bundled_onnx_model_is_the_bundled_tflite_models_twin():
         labels = [model.top_k(model.predict(preprocess(data, model.input_size, model.resize)), 1)[0]["label"]
                   for model in (tflite, onnx)]  # fmt: skip
         assert labels[0] == labels[1], photo.name
+
+
+def test_the_onnx_backend_turns_onnxruntime_telemetry_off(onnx_model, tmp_path):
+    """onnxruntime sends usage events and keeps a device ID under XDG_CACHE_HOME unless
+    ORT_DISABLE_TELEMETRY is set before it starts: the engine sets it (a user's own value wins)."""
+    import os
+    import subprocess
+
+    cache = tmp_path / "xdg-cache"
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env["XDG_CACHE_HOME"] = str(cache)
+    script = (
+        "import os; from lambda_function.classifier import Classifier; "
+        f"Classifier.from_path({str(onnx_model)!r}, num_threads=1); "
+        "print(os.environ.get('ORT_DISABLE_TELEMETRY'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert not cache.exists() or not any(cache.rglob("*")), "onnxruntime wrote its telemetry files"
+    assert done.stdout.strip() == "1"
+    assert "telemetry" not in done.stderr
