@@ -331,6 +331,9 @@ def test_onnx_int8_is_u8s8_and_stores_the_head_weights_as_int8(converted):
         assert (scaled.op_type, cast.op_type) == ("Mul", "Cast")
         assert initializers[cast.input[0]].dtype == np.int8
         assert gemm.input[0] not in initializers  # float activations in: the head itself is not quantized
+    # The convolutions' 7-bit rounding was repaired after quantization (convert/onnx_rounding.py).
+    quantization = read_sidecar(converted[0].models["onnx-int8"])["quantization"]
+    assert "bias correction" in quantization["weight_rounding"]
 
 
 def test_int8_options_keep_the_logits_layer_in_float(keras_model_path, data_dir, tmp_path):
