@@ -42,11 +42,10 @@ def repair_weight_rounding(
     from onnx import numpy_helper
 
     model = onnx.load(str(qdq_path))
-    float_weights = {
-        init.name: numpy_helper.to_array(init) for init in onnx.load(str(float_path)).graph.initializer
-    }
+    float_model = onnx.load(str(float_path))
+    float_weights = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer}
     clipped = clip_conv_weights(model, float_weights)
-    means = conv_input_means(float_path, representative)
+    means = conv_input_means(float_model, representative)
     corrected = correct_conv_biases(model, float_weights, means)
     onnx.save(model, str(qdq_path))
     return {"clipped_convolutions": clipped, "bias_corrected_convolutions": corrected}
@@ -70,9 +69,10 @@ class _Graph:
         return numpy_helper.to_array(self.initializers[name])
 
     def replace(self, name: str, values: np.ndarray) -> None:
-        from onnx import numpy_helper
+        """The initializer ``name`` set to ``values``, in its own data type."""
+        from onnx import helper, numpy_helper
 
-        dtype = numpy_helper.to_array(self.initializers[name]).dtype
+        dtype = helper.tensor_dtype_to_np_dtype(self.initializers[name].data_type)
         self.initializers[name].CopyFrom(numpy_helper.from_array(np.asarray(values).astype(dtype), name))
 
     def dequantized(self, tensor: str):
@@ -148,15 +148,17 @@ def clip_conv_weights(model, float_weights: dict) -> int:
     return rewritten
 
 
-def conv_input_means(float_path: str | Path, representative: Callable[[], Iterable]) -> dict[str, np.ndarray]:
-    """Each float convolution's mean input per channel over the calibration images, keyed by node name."""
+def conv_input_means(float_model, representative: Callable[[], Iterable]) -> dict[str, np.ndarray]:
+    """Each convolution's mean input per channel over the calibration images, keyed by node name, from
+    the float model (a ModelProto, left as it is: the inputs become outputs of a copy)."""
     import onnx
     from onnx import helper
 
     from lambda_function.onnx_engine import import_onnxruntime
 
     ort = import_onnxruntime()
-    model = onnx.load(str(float_path))
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
     conv_inputs = {node.name: node.input[0] for node in model.graph.node if node.op_type == "Conv"}
     tensors = sorted(set(conv_inputs.values()))
     model.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in tensors)
@@ -204,12 +206,8 @@ def correct_conv_biases(model, float_weights: dict, input_means: dict[str, np.nd
         error = (_dequantized_weights(graph, weights_dq) - weights).sum(axis=(2, 3))  # (out, in per group)
         groups = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "group"), 1)
         inputs_per_group, outputs_per_group = error.shape[1], error.shape[0] // groups
-        group_means = np.stack(
-            [
-                means[(o // outputs_per_group) * inputs_per_group :][:inputs_per_group]
-                for o in range(error.shape[0])
-            ]
-        )
+        # Output o of group g reads inputs g * inputs_per_group ... (g + 1) * inputs_per_group - 1.
+        group_means = np.repeat(means.reshape(groups, inputs_per_group), outputs_per_group, axis=0)
         shift = (error * group_means).sum(axis=1) + carried.pop(conv.name, 0.0)
         if bias_dq is None:
             reader = _reader_conv(graph, conv)

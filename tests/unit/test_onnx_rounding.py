@@ -138,7 +138,7 @@ def test_clipped_scales_never_round_worse_than_the_largest_weight(models):
     import onnx
     from onnx import numpy_helper
 
-    from convert.onnx_rounding import _dequantized_weights, _Graph, clip_conv_weights
+    from convert.onnx_rounding import _dequantized_weights, _float_weights_of, _Graph, clip_conv_weights
 
     float_path, int8_path, _, _ = models
     float_weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(float_path)).graph.initializer}
@@ -148,9 +148,7 @@ def test_clipped_scales_never_round_worse_than_the_largest_weight(models):
         graph = _Graph(model)
         return {
             conv.name: float(
-                (
-                    (_dequantized_weights(graph, w) - float_weights[w.input[0][: -len("_quantized")]]) ** 2
-                ).sum()
+                ((_dequantized_weights(graph, w) - _float_weights_of(w, float_weights)) ** 2).sum()
             )
             for conv, w, _ in graph.int8_convolutions()
         }
