@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.fixtures.tiny_onnx import save_graph
+
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
@@ -15,8 +17,7 @@ CHANNELS, OUT, SIZE = 8, 16, 12
 
 def _float_model(path, rng):
     """NCHW input -> depthwise 3x3 (no bias) -> 1x1 conv (bias) -> Relu -> 3x3 conv (bias)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     # Coarse weights with one large tap per channel: 7-bit rounding errors that do not cancel.
     depthwise = rng.normal(0, 1, (CHANNELS, 1, 3, 3)).astype(np.float32)
@@ -37,16 +38,7 @@ def _float_model(path, rng):
         helper.make_node("Relu", ["pw"], ["act"], name="relu"),
         helper.make_node("Conv", ["act", "last", "last_bias"], ["y"], name="last", pads=[1, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "separable",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, CHANNELS, SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, OUT, SIZE, SIZE])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+    save_graph(path, "separable", nodes, inits, [1, CHANNELS, SIZE, SIZE], [1, OUT, SIZE, SIZE])
 
 
 def _images(rng, count):
