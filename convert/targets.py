@@ -64,8 +64,7 @@ LATENCY_TABLES = (
         measured="2026-12",
         p50_ms={"tflite-fp32": 50.0, "tflite-dynamic": 57.0, "tflite-int8": 40.6, "onnx-int8": 28.6},
     ),
-    # Not a make convert report: 20 timed runs per file of the bundled model's exports on the idle machine
-    # (docs/benchmarks.md); onnx-int8 is the U8S8 file of convert/onnx.py (the S8S8 one took 56.1 ms).
+    # onnx-int8 is the U8S8 file of convert/onnx.py (the S8S8 one took 56.1 ms); the machine was idle.
     LatencyTable(
         cpu="Intel Xeon (KVM, family 6 model 167), 2 cores",
         isa=frozenset(
@@ -73,11 +72,12 @@ LATENCY_TABLES = (
         ),
         measured="2026-12-05",
         p50_ms={
-            "tflite-fp32": 81.6,
-            "tflite-dynamic": 57.3,
-            "tflite-int8": 44.6,
-            "onnx-fp32": 74.2,
-            "onnx-int8": 39.4,
+            "tflite-fp32": 85.5,
+            "tflite-float16": 88.1,
+            "tflite-dynamic": 66.2,
+            "tflite-int8": 47.9,
+            "onnx-fp32": 79.4,
+            "onnx-int8": 36.2,
         },
     ),
 )
