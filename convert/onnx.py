@@ -68,16 +68,21 @@ def to_onnx_fp32(saved_model_dir: str | Path, out_path: str | Path, opset: int =
     return {"method": "none", "converter": "tf2onnx", "opset": opset}
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over the representative batches, in passes (``set_range``)."""
+def calibration_arrays(representative: Callable[[], Iterable]) -> list[np.ndarray]:
+    """The representative batches, read once, as float32 arrays (a TFLite-style step is ``[batch]``)."""
+    return [
+        np.asarray(step[0] if isinstance(step, list | tuple) else step, dtype=np.float32)
+        for step in representative()
+    ]
 
-    def __init__(self, input_name: str, representative: Callable[[], Iterable[np.ndarray]]):
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over the calibration batches, in passes (``set_range``)."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
         self._input_name = input_name
-        self._batches = [
-            np.asarray(step[0] if isinstance(step, list | tuple) else step, dtype=np.float32)
-            for step in representative()
-        ]
-        self.set_range(0, len(self._batches))
+        self._batches = batches
+        self.set_range(0, len(batches))
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -156,9 +161,10 @@ def to_onnx_int8(
         # Folds constants and fuses BN/Conv before calibration; symbolic shapes would need sympy.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         float_nodes = pooling_and_head_nodes(prepared)
-        reader = Reader(input_name, representative)
-        if not len(reader):
+        batches = calibration_arrays(representative)  # one read for the ranges and the repair
+        if not batches:
             raise ConversionError("The ONNX int8 variant got no calibration images.")
+        reader = Reader(input_name, batches)
         quantize_static(
             str(prepared),
             str(out_path),
@@ -179,7 +185,7 @@ def to_onnx_int8(
                 "CalibStridedMinMax": pass_size(len(reader)),
             },
         )
-        rounding = repair_weight_rounding(out_path, prepared, representative)
+        rounding = repair_weight_rounding(out_path, prepared, batches)
     int8_head_weights(out_path, float_nodes)
     weights = "int8 in a 7-bit range" if REDUCE_RANGE else "int8"
     return {

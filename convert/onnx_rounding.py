@@ -20,7 +20,7 @@ VNNI, 2026-12-05): KL divergence 0.0123 -> 0.0038, top-1 agreement 98.0 -> 99.4%
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +31,12 @@ QUANTIZED_SUFFIX = "_quantized"  # how onnxruntime names a quantized copy of an 
 
 
 def repair_weight_rounding(
-    qdq_path: str | Path, float_path: str | Path, representative: Callable[[], Iterable]
+    qdq_path: str | Path, float_path: str | Path, batches: Sequence[np.ndarray]
 ) -> dict:
     """Clip the scales, then correct the biases, of every int8 convolution in ``qdq_path`` (in place).
 
     ``float_path`` is the float model ``qdq_path`` was quantized from (same node and initializer names);
-    ``representative`` yields the calibration batches, as for ``quantize_static``.
+    ``batches`` are the calibration inputs (float32 arrays, ``convert.onnx.calibration_arrays``).
     """
     import onnx
     from onnx import numpy_helper
@@ -45,7 +45,7 @@ def repair_weight_rounding(
     float_model = onnx.load(str(float_path))
     float_weights = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer}
     clipped = clip_conv_weights(model, float_weights)
-    means = conv_input_means(float_model, representative)
+    means = conv_input_means(float_model, batches)
     corrected = correct_conv_biases(model, float_weights, means)
     onnx.save(model, str(qdq_path))
     return {"clipped_convolutions": clipped, "bias_corrected_convolutions": corrected}
@@ -148,7 +148,7 @@ def clip_conv_weights(model, float_weights: dict) -> int:
     return rewritten
 
 
-def conv_input_means(float_model, representative: Callable[[], Iterable]) -> dict[str, np.ndarray]:
+def conv_input_means(float_model, batches: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Each convolution's mean input per channel over the calibration images, keyed by node name, from
     the float model (a ModelProto, left as it is: the inputs become outputs of a copy)."""
     import onnx
@@ -165,13 +165,10 @@ def conv_input_means(float_model, representative: Callable[[], Iterable]) -> dic
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     sums = dict.fromkeys(tensors, 0.0)
-    count = 0
-    for step in representative():
-        batch = np.asarray(step[0] if isinstance(step, list | tuple) else step, dtype=np.float32)
+    for batch in batches:
         for tensor, value in zip(tensors, session.run(tensors, {input_name: batch}), strict=True):
             sums[tensor] = sums[tensor] + value.astype(np.float64).mean(axis=(0, 2, 3))  # NCHW
-        count += 1
-    return {node: sums[tensor] / max(count, 1) for node, tensor in conv_inputs.items()}
+    return {node: sums[tensor] / max(len(batches), 1) for node, tensor in conv_inputs.items()}
 
 
 def _dequantized_weights(graph: _Graph, weights_dq) -> np.ndarray:

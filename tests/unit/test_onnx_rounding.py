@@ -105,7 +105,7 @@ def test_repairs_take_back_the_mean_shift_of_weight_rounding(models, tmp_path):
     float_path, int8_path, calibration, held_out = models
     repaired = tmp_path / "repaired.onnx"
     shutil.copy(int8_path, repaired)
-    record = repair_weight_rounding(repaired, float_path, lambda: ([image] for image in calibration))
+    record = repair_weight_rounding(repaired, float_path, calibration)
     # All three convolutions get clipped scales; the two with a bias are corrected (the depthwise shift
     # is carried into the 1x1 conv's bias).
     assert record == {"clipped_convolutions": 3, "bias_corrected_convolutions": 2}
