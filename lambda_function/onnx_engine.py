@@ -30,10 +30,15 @@ INPUT_TYPE = "tensor(float)"
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 
-def import_onnxruntime():
-    """``onnxruntime`` with its telemetry off (``TELEMETRY_OPT_OUT``): how this repo imports it."""
+def turn_telemetry_off() -> None:
+    """``TELEMETRY_OPT_OUT`` into the environment, keeping any value already set there."""
     for name, value in TELEMETRY_OPT_OUT.items():
         os.environ.setdefault(name, value)
+
+
+def import_onnxruntime():
+    """``onnxruntime`` with its telemetry off (``TELEMETRY_OPT_OUT``): how this repo imports it."""
+    turn_telemetry_off()
     import onnxruntime
 
     return onnxruntime

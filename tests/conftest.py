@@ -6,7 +6,6 @@ Nothing here imports TensorFlow, and the only network traffic is on 127.0.0.1.
 from __future__ import annotations
 
 import importlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lambda_function.onnx_engine import turn_telemetry_off
 from local.loopback import LoopbackServer, QuietHandler
 
 # Re-exported: some test modules import these names from here (tests.fixtures.* is their home).
@@ -21,8 +21,8 @@ from tests.fixtures.images import BLUE, GREEN, RED, WHITE, encode, raw_png, soli
 from tests.fixtures.make_tiny_model import LABELS as TINY_LABELS  # noqa: F401
 from tests.fixtures.make_tiny_model import SIZE as TINY_SIZE  # noqa: F401
 
-# Tests that load onnxruntime directly send no usage telemetry either (lambda_function/onnx_engine.py).
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+# Tests that load onnxruntime directly send no usage telemetry either.
+turn_telemetry_off()
 
 TINY_MODEL = Path(__file__).resolve().parent / "fixtures" / "tiny_model.tflite"
 
