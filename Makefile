@@ -31,6 +31,9 @@ BUCKET      ?=
 PREFIX      ?=
 LOCAL       ?=
 WEB_PORT    ?= 8000
+# bench-serve, power-tune: ISA=avx2 runs them with AVX-512/VNNI/AMX hidden from CPUID (bench/isa.py), to time
+# the AVX2 code paths Lambda's x86_64 promises on a build machine that has more. Empty: the machine as it is.
+ISA         ?=
 
 DEV_VENV     := .venv
 RUNTIME_VENV := .venv-runtime
@@ -41,6 +44,8 @@ RUNTIME_PY   := $(RUNTIME_VENV)/bin/python
 SAM          ?= $(SAM_VENV)/bin/sam
 SAM_PY       := $(SAM_VENV)/bin/python
 BUILD_INFO   := $(BUILD_DIR)/ClassifierFunction/build-info.json
+ISA_RUN      := $(if $(ISA),$(DEV_PY) -m bench.isa $(ISA) --)
+ISA_SUFFIX   := $(if $(ISA),_$(ISA))
 SAM_VERSION  ?= 1.170.0
 # SAM never phones home from our commands.
 export SAM_CLI_TELEMETRY := 0
@@ -154,8 +159,8 @@ bench: $(DEV_VENV)/.installed ## [measure] Re-run every export + validation and 
 
 bench-serve: $(DEV_VENV)/.installed ## [measure] Handler vs bare invoke latency, cold start, RSS: bundled model, local artifact
 	$(DEV_PY) -m deploy.build_artifact --platform local --out build/artifact
-	$(DEV_PY) -m bench.serve --model lambda_function/model/model.tflite --artifact build/artifact \
-		--requests 1000 --json build/bench_serve.json
+	$(ISA_RUN) $(DEV_PY) -m bench.serve --model lambda_function/model/model.tflite --artifact build/artifact \
+		--requests 1000 --json build/bench_serve$(ISA_SUFFIX).json
 
 bench-bombs: $(DEV_VENV)/.installed ## [measure] Hostile inputs through the handler: worst decode CPU and peak RSS per bomb
 	$(DEV_PY) -m bench.bombs --json build/bench_bombs.json
@@ -166,10 +171,10 @@ classify-bucket: $(DEV_VENV)/.installed ## [deploy] Classify s3://BUCKET/PREFIX:
 
 # Lambda memory sizes as cgroup v1 limits (root; else unlimited, said so): time, cold start, memory, $.
 power-tune: $(DEV_VENV)/.installed ## [measure] Handler per Lambda memory size (CPU quota + memory limit): ms, cold start, $/M images, cheapest size
-	$(DEV_PY) -m bench.power_tune --json build/power_tune.json
+	$(ISA_RUN) $(DEV_PY) -m bench.power_tune --json build/power_tune$(ISA_SUFFIX).json
 
-power-tune-docs: $(DEV_VENV)/.installed ## [measure] docs/bulk.md's cost table from build/power_tune.json (make power-tune first)
-	$(DEV_PY) -m bench.power_tune --write-docs build/power_tune.json
+power-tune-docs: $(DEV_VENV)/.installed ## [measure] docs/bulk.md's cost tables from build/power_tune*.json (make power-tune [ISA=avx2] first)
+	$(DEV_PY) -m bench.power_tune --write-docs build/power_tune.json $(wildcard build/power_tune_avx2.json)
 
 bench-bulk: $(DEV_VENV)/.installed ## [measure] Images/s of one instance on the bulk path: bundled model, 50 test photos, moto S3
 	nice -n 10 $(DEV_PY) -m bench.bulk --data-dir $(DATA_DIR) --images 50 --json build/bench_bulk.json

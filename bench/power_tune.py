@@ -19,7 +19,7 @@ arm64 list prices (bench/lambda_cost.py, formulas printed), and the cheapest siz
 cost section from such a JSON.
 
     python -m bench.power_tune --json build/power_tune.json
-    python -m bench.power_tune --write-docs build/power_tune.json
+    python -m bench.power_tune --write-docs build/power_tune.json [build/power_tune_avx2.json]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -274,8 +275,15 @@ def _usd(value: float | None) -> str:
 def render_docs(report: dict) -> str:
     """The markdown of docs/bulk.md's generated cost section, from a power-tune JSON."""
     machine = report["measured_on"]
+    # A run under bench/isa.py's CPUID mask: say so first, it is what the table is about.
+    masked = (
+        "**The AVX2 code paths** (`make power-tune ISA=avx2`: AVX-512, VNNI and AMX hidden from CPUID by"
+        " bench/cpuid_avx2.c; what Lambda x86_64 promises, on this chip's clock and caches). "
+        if machine.get("isa_mask")
+        else ""
+    )
     lines = [
-        f"Generated from `{report['command']}` on {record.describe(machine)}, {machine['date']}"
+        f"{masked}Generated from `{report['command']}` on {record.describe(machine)}, {machine['date']}"
         f" ({report['images']} warm images per run after a cold one, Distributed Map batches of"
         f" {report['bulk_batch']} measured and costed at {report['map_items_per_batch']},"
         f" bound p90 ≤ {report['max_p90_ms']:g} ms per image). Times are under a"
@@ -342,14 +350,15 @@ def render_docs(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs(report: dict, docs: Path = DOCS) -> None:
-    """Replace what lies between DOCS_BEGIN and DOCS_END in ``docs`` with ``render_docs(report)``."""
+def write_docs(reports: list[dict], docs: Path = DOCS) -> None:
+    """Replace what lies between DOCS_BEGIN and DOCS_END in ``docs`` with each report's ``render_docs``."""
     text = docs.read_text(encoding="utf-8")
     before, begin, rest = text.partition(DOCS_BEGIN)
     _, end, after = rest.partition(DOCS_END)
     if not begin or not end:
         raise SystemExit(f"power-tune: {docs} has no {DOCS_BEGIN!r} ... {DOCS_END!r} markers")
-    docs.write_text(f"{before}{DOCS_BEGIN}\n{render_docs(report)}\n{DOCS_END}{after}", encoding="utf-8")
+    tables = "\n\n".join(render_docs(report) for report in reports)
+    docs.write_text(f"{before}{DOCS_BEGIN}\n{tables}\n{DOCS_END}{after}", encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the run
@@ -498,7 +507,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=CHILD_TIMEOUT_S, help="seconds per run")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where the JSON (and PNG) go")
     parser.add_argument(
-        "--write-docs", type=Path, metavar="JSON", help="only render docs/bulk.md's table from JSON"
+        "--write-docs",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="only render docs/bulk.md's tables from these JSONs, in order",
     )
     parser.add_argument("--docs", type=Path, default=DOCS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -506,13 +519,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _stop(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.write_docs:
-        write_docs(json.loads(args.write_docs.read_text(encoding="utf-8")), args.docs)
-        print(f"wrote the power-tune table of {args.docs} from {args.write_docs}")
+        write_docs([json.loads(path.read_text(encoding="utf-8")) for path in args.write_docs], args.docs)
+        print(f"wrote the power-tune tables of {args.docs} from {', '.join(map(str, args.write_docs))}")
         return 0
-    report = tune(args)
+    # A run stopped by kill or a CI timeout must still kill its child and remove its cgroups; Python's
+    # default SIGTERM ends the process without unwinding, SystemExit runs every finally and __exit__.
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        report = tune(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     written = record.write(args.json, report, draw)
     for name, formula in report["formulas"].items():
         print(f"formula, {name}: {formula}")

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import isa
+
 # The extensions that change how fast a CNN runs (x86: /proc/cpuinfo "flags"; arm64: "Features").
 SPEED_FLAGS = (
     "avx2",
@@ -64,20 +66,28 @@ def machine() -> dict:
         model, flags = cpuinfo_fields(CPUINFO.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         model, flags = "", set()
-    return {
+    # Under ``python -m bench.isa`` the libraries see fewer extensions than /proc/cpuinfo lists.
+    mask = os.environ.get(isa.MASK_ENV)
+    hidden = isa.HIDDEN_FLAGS.get(mask, frozenset())
+    info = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": model or platform.processor() or "unknown",
-        "isa": [flag for flag in SPEED_FLAGS if flag in flags],
+        "isa": [flag for flag in SPEED_FLAGS if flag in flags and flag not in hidden],
         "cpus_visible": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "arch": platform.machine(),
         "python": platform.python_version(),
     }
+    if mask:
+        info["isa_mask"] = f"{mask} only: CPUID masked by bench/cpuid_{mask}.c (this chip's AVX2 code paths)"
+    return info
 
 
 def describe(info: dict) -> str:
     """One line for a table's caption: 'Intel(R) Xeon(R) Processor (avx2, avx512f, ...), 2 CPUs, load 0.4'."""
     isa = ", ".join(info["isa"]) or "no AVX2"
+    if info.get("isa_mask"):
+        isa += "; the rest hidden by a CPUID mask"
     return f"{info['cpu']} ({isa}), {info['cpus_visible']} CPUs, load {info['load_average_1m']}"
 
 

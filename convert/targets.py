@@ -43,7 +43,9 @@ class LatencyTable:
 # The measured machines, keyed by their CPU flags; docs/benchmarks.md ("Latency by CPU") has the same
 # table. Each is one `make convert` run's report (2-core build machines, shared, 5-20 ms noise).
 # The AMD rows' onnx-int8 is the earlier S8S8 file (int8 activations); onnxruntime ran most of it as U8S8
-# anyway, with 7 convolutions left float, so today's U8S8 file should be no slower there (not measured).
+# anyway, with 7 convolutions left float. Today's U8S8 file on the Intel Xeon's AVX2 code paths (CPUID
+# masked, python -m bench.isa): 76.0 ms, the fastest variant there too (docs/benchmarks.md). That masked
+# run is not a row: it is the Xeon's microarchitecture with AVX2's instructions, not a machine Lambda has.
 LATENCY_TABLES = (
     LatencyTable(
         cpu="AMD EPYC (Zen 3), 2 cores",

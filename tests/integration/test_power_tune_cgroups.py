@@ -4,14 +4,27 @@ left behind. Needs root and the v1 cpu and memory hierarchies; skipped (with the
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from bench import cgroups, lambda_cost, power_tune
 from tests.fixtures.images import BLUE, GREEN, RED, solid
 
+REPO = Path(__file__).resolve().parents[2]
 REASON = cgroups.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"power-tune needs cgroup v1 limits: {REASON}")
+
+
+def _procs(box: Path) -> list[str]:
+    try:
+        return (box / "cgroup.procs").read_text().split()
+    except OSError:  # the box is being made or removed
+        return []
 
 
 def leftover_boxes() -> list[str]:
@@ -81,3 +94,34 @@ def test_an_onnx_model_is_tuned_as_its_own_backend(tmp_path):
     (row,) = json.loads(out.read_text())["runs"]
     assert row["backend"] == "onnx" and row["failures"] == 0 and "error" not in row
     assert row["usd_per_million"]["direct"]["x86_64"] > 0
+
+
+def test_a_stopped_run_kills_its_child_and_leaves_no_cgroup(tmp_path, tiny_model_path):
+    """kill (SIGTERM) while the child runs (loading, then 2000 photos): it is gone and both boxes removed."""
+    before = leftover_boxes()
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "red.png").write_bytes(solid(RED))
+    argv = ["--model", str(tiny_model_path), "--memory", "1769", "--threads", "1", "--paths", "single"]
+    command = [sys.executable, "-m", "bench.power_tune", *argv, "--images", "2000"]
+    run = subprocess.Popen(
+        [*command, "--images-dir", str(images), "--json", str(tmp_path / "stopped.json")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        children: list[str] = []
+        while not children:  # until the child has moved itself into its box
+            assert time.monotonic() < deadline and run.poll() is None, "the child never entered a box"
+            time.sleep(0.05)
+            boxes = sorted(set(leftover_boxes()) - set(before))
+            children = [pid for box in boxes for pid in _procs(Path(box))]
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert leftover_boxes() == before
+    assert children and not any(Path("/proc", pid).exists() for pid in children)

@@ -236,6 +236,24 @@ def test_write_docs_replaces_only_what_lies_between_the_markers(tmp_path):
     assert "old table" not in text and "| bulk | tflite |" in text
 
 
+def test_write_docs_renders_the_machines_run_then_the_avx2_masked_one(tmp_path):
+    docs = tmp_path / "bulk.md"
+    docs.write_text(f"{power_tune.DOCS_BEGIN}\n{power_tune.DOCS_END}\n")
+    plain, masked = sample_report(), sample_report()
+    masked["measured_on"] = {**masked["measured_on"], "isa_mask": "avx2 only: CPUID masked"}
+    paths = [tmp_path / "power_tune.json", tmp_path / "power_tune_avx2.json"]
+    for path, report in zip(paths, (plain, masked), strict=True):
+        path.write_text(json.dumps(report))
+    assert power_tune.main(["--write-docs", *map(str, paths), "--docs", str(docs)]) == 0
+    text = docs.read_text()
+    masked_at = text.index(
+        "**The AVX2 code paths** (`make power-tune ISA=avx2`: AVX-512, VNNI and AMX hidden"
+    )
+    assert text.count("**The AVX2 code paths**") == 1 and text.index("Generated from") < masked_at
+    assert "hidden by a CPUID mask" in text[masked_at:] and "hidden by a CPUID mask" not in text[:masked_at]
+    assert text.count("**Distributed map, cheapest within the bound**") == 2
+
+
 def test_the_real_docs_have_the_markers():
     text = power_tune.DOCS.read_text(encoding="utf-8")
     assert power_tune.DOCS_BEGIN in text and power_tune.DOCS_END in text
