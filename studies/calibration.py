@@ -263,6 +263,16 @@ def main(argv: list[str] | None = None) -> int:
             model.predict(features["extra"], verbose=0)
         )
 
+    def save():  # after every seed and at the end: a long run stopped early keeps what it measured
+        record.update(
+            rows=rows, tuning=tuning, table=aggregate(rows), elapsed_s=round(time.perf_counter() - started)
+        )
+        (args.output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        labels = {"validation": val.labels.tolist(), "extra": extra.labels.tolist()}
+        folds = [f.tolist() for f in extra_folds]
+        saved = {"labels": labels, "kids": kids.tolist(), "extra_folds": folds, "runs": logits}
+        (args.output_dir / LOGITS_FILE).write_text(json.dumps(saved))
+
     k = args.heads
     for seed in seeds:
         cfg = dataclasses.replace(config, seed=seed)
@@ -273,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg, frozen["train"], train.labels, frozen["extra"], extra.labels, frozen["val"],
                 extra_folds, weight, num_classes))  # fmt: skip
         if args.tune_epochs <= 0:
+            save()
             continue
         for layer, w in zip(layers14, imagenet14, strict=True):
             layer.set_weights(w)
@@ -296,20 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             name = f"tuned + {k} heads + extra x{weights[0]:g} + smoothing {args.label_smoothing:g}"
             run_scores(name, seed, *grouped_cv(smooth, features["train"], train.labels, features["extra"],
                        extra.labels, features["val"], extra_folds, weights[0], num_classes))  # fmt: skip
-        record.update(
-            rows=rows, tuning=tuning, table=aggregate(rows), elapsed_s=round(time.perf_counter() - started)
-        )
-        (args.output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        labels = {"validation": val.labels.tolist(), "extra": extra.labels.tolist()}
-        folds = [f.tolist() for f in extra_folds]
-        saved = {"labels": labels, "kids": kids.tolist(), "extra_folds": folds, "runs": logits}
-        (args.output_dir / LOGITS_FILE).write_text(json.dumps(saved))
+        save()
     for layer, w in zip(layers14, imagenet14, strict=True):
         layer.set_weights(w)
-    record.update(
-        rows=rows, tuning=tuning, table=aggregate(rows), elapsed_s=round(time.perf_counter() - started)
-    )
-    (args.output_dir / RESULTS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    save()
     plot(
         record["table"],
         args.output_dir / PLOT_FILE,
