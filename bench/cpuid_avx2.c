@@ -10,13 +10,18 @@
  * threads and forks of this process and reset by execve; LD_PRELOAD, kept in the environment, sets it
  * again in every program started from here.
  *
- * Build: cc -O2 -shared -fPIC -o cpuid_avx2.so cpuid_avx2.c   (bench/isa.py does it)
+ * A program that sets its own SIGSEGV handler (Python's faulthandler: pytest, -X faulthandler) would take
+ * the traps away; the shim's sigaction() keeps its handler installed, remembers the program's, and passes
+ * every fault that is not a CPUID on to it (or to the default action: the process dies as it would have).
+ *
+ * Build: cc -O2 -shared -fPIC -o cpuid_avx2.so cpuid_avx2.c -ldl   (bench/isa.py does it)
  * CPUID_AVX2_REPORT=1 in the environment: print the leaf-7 registers as seen through the mask, and at
  * exit how many CPUID instructions were trapped (a count that grows with the work would mean a library
  * calls CPUID in a hot loop, and the timing would include the traps).
  */
 #define _GNU_SOURCE
 #include <asm/prctl.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,6 +46,34 @@
 
 static volatile long trapped;
 
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+static sigaction_fn real_sigaction;
+static struct sigaction program_action; /* the program's own SIGSEGV wish (initially the default) */
+static int installed;                   /* from here on, sigaction(SIGSEGV) only records the wish */
+
+int sigaction(int sig, const struct sigaction *action, struct sigaction *old) {
+    if (!real_sigaction) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    if (sig != SIGSEGV || !installed) return real_sigaction(sig, action, old);
+    if (old) *old = program_action;
+    if (action) program_action = *action;
+    return 0;
+}
+
+/* A fault that is not a CPUID: what the program asked for, else the default action (the process dies). */
+static void pass_on(int sig, siginfo_t *info, void *context) {
+    if ((program_action.sa_flags & SA_SIGINFO) && program_action.sa_sigaction) {
+        program_action.sa_sigaction(sig, info, context);
+    } else if (program_action.sa_handler != SIG_DFL && program_action.sa_handler != SIG_IGN) {
+        program_action.sa_handler(sig);
+    } else {
+        struct sigaction fallback;
+        memset(&fallback, 0, sizeof fallback);
+        fallback.sa_handler = SIG_DFL;
+        real_sigaction(SIGSEGV, &fallback, NULL);
+        raise(sig);
+    }
+}
+
 static int set_cpuid_enabled(int enabled) { return (int)syscall(SYS_arch_prctl, ARCH_SET_CPUID, enabled); }
 
 static void real_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]) {
@@ -64,10 +97,8 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context) {
     ucontext_t *uc = (ucontext_t *)context;
     greg_t *g = uc->uc_mcontext.gregs;
     const unsigned char *ip = (const unsigned char *)g[REG_RIP];
-    if (ip[0] != 0x0f || ip[1] != 0xa2) { /* not a CPUID: a real crash; let it crash as it would have */
-        signal(SIGSEGV, SIG_DFL);
-        (void)info;
-        raise(sig);
+    if (ip[0] != 0x0f || ip[1] != 0xa2) {
+        pass_on(sig, info, context);
         return;
     }
     uint32_t leaf = (uint32_t)g[REG_RAX], subleaf = (uint32_t)g[REG_RCX], r[4];
@@ -90,7 +121,9 @@ __attribute__((constructor)) static void start(void) {
     memset(&action, 0, sizeof action);
     action.sa_sigaction = on_sigsegv;
     action.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigaction(SIGSEGV, &action, NULL);
+    if (!real_sigaction) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    real_sigaction(SIGSEGV, &action, NULL);
+    installed = 1;
     if (set_cpuid_enabled(0) != 0) {
         fprintf(stderr, "cpuid_avx2: CPUID faulting is not available here (no cpuid_fault); nothing masked\n");
         return;

@@ -87,7 +87,8 @@ def build_shim(isa: str, out_dir: Path = SHIM_DIR) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         partial = shared.with_suffix(".so.partial")
         subprocess.run(
-            ["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(partial), str(source)], check=True
+            ["cc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(partial), str(source), "-ldl"],
+            check=True,
         )
         partial.replace(shared)
     return shared

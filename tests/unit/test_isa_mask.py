@@ -4,6 +4,7 @@ still serves the same answers, still crashes on a real fault, and its records sa
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -71,12 +72,39 @@ def test_the_command_runs_masked_and_its_exit_status_comes_back(tmp_path):
 
 
 @needs_mask
-def test_a_real_segfault_still_kills_the_process(tmp_path):
+@pytest.mark.parametrize("faulthandler", [False, True], ids=["default", "faulthandler"])
+def test_a_real_segfault_still_kills_the_process(faulthandler, tmp_path):
+    """With the default action, and with the program's own SIGSEGV handler (Python's faulthandler), which
+    must get the real fault: its report is printed, then the process dies as it would have."""
     env = isa.masked_env("avx2", isa.build_shim("avx2", tmp_path))
+    flags = ["-X", "faulthandler"] if faulthandler else []
     crash = subprocess.run(
-        [sys.executable, "-c", "import ctypes; ctypes.string_at(0)"], env=env, capture_output=True, timeout=60
+        [sys.executable, *flags, "-c", "import ctypes; ctypes.string_at(0)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert crash.returncode == -signal.SIGSEGV
+    assert ("Fatal Python error: Segmentation fault" in crash.stderr) == faulthandler
+
+
+@needs_mask
+def test_a_program_with_its_own_sigsegv_handler_still_reads_the_masked_cpuid(tmp_path):
+    """faulthandler sets its SIGSEGV handler before any library asks CPUID: the traps must stay the shim's."""
+    env = isa.masked_env("avx2", isa.build_shim("avx2", tmp_path))
+    code = "import faulthandler, onnxruntime; print(faulthandler.is_enabled())"
+    run = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        env={**env, "CPUID_AVX2_REPORT": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "True"
+    trapped = int(re.search(r"(\d+) CPUID instructions trapped", run.stderr).group(1))
+    assert trapped > 2  # the report's own two reads, then onnxruntime's
 
 
 @needs_mask
