@@ -143,8 +143,15 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     probs = np.asarray(probs, np.float64)
     if not len(probs):
         return float("nan")
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(labels)
+    return score_ece(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(labels), bins)
+
+
+def score_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of any top-1 score: ``confidence`` per photo, ``correct`` whether its answer was right."""
+    confidence = np.asarray(confidence, np.float64)
+    correct = np.asarray(correct, bool)
+    if not len(confidence):
+        return float("nan")
     # Bin i holds scores in (i/bins, (i+1)/bins]; a score of exactly 0 joins the first bin.
     index = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
     total = 0.0
@@ -175,9 +182,15 @@ def confident_first(probs: np.ndarray) -> np.ndarray:
 
 def coverage_accuracy(probs: np.ndarray, labels: np.ndarray, coverage: float) -> float:
     """Top-1 accuracy on the ``coverage`` share of photos with the highest top-1 scores."""
-    order = confident_first(probs)
+    probs = np.asarray(probs)
+    return score_coverage_accuracy(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(labels), coverage)
+
+
+def score_coverage_accuracy(confidence: np.ndarray, correct: np.ndarray, coverage: float) -> float:
+    """The same for any top-1 score: ``confidence`` per photo, ``correct`` whether its answer was right."""
+    order = np.argsort(-np.asarray(confidence), kind="stable")
     keep = order[: max(1, int(round(coverage * len(order))))]
-    return float((np.asarray(probs)[keep].argmax(axis=1) == np.asarray(labels)[keep]).mean())
+    return float(np.asarray(correct, bool)[keep].mean())
 
 
 def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

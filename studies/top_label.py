@@ -1,0 +1,119 @@
+"""Is the temperature what costs the ranking? On the held-out logits a ``studies.calibration`` run saved.
+
+A temperature divides every logit by T before the softmax, and a photo's top score then depends on all its
+logits, not on how much it trusts its top class alone: with T = 4 the photos ranked most confident are not
+the ones T = 1 ranks so. The 70% most confident photos are what issue 19's ranking target counts, so this
+compares, per configuration and seed (extra photos, contributor-grouped folds):
+
+* the nested temperature of ``make train`` (each fold calibrated by a map fitted on the other rows);
+* the ranking of T = 1, which any increasing map of the top score keeps (a "top-label" calibration);
+* such a map: Platt scaling of the top score's log-odds (2 numbers, nested the same way), its ECE.
+
+    python -m studies.top_label artifacts/study_onemap/study_calibration_logits.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from lambda_function.classifier import softmax  # noqa: E402
+from train.calibration import (  # noqa: E402
+    coverage_accuracy,
+    cross_calibrated,
+    ece,
+    interleaved_folds,
+    score_coverage_accuracy,
+    score_ece,
+)
+
+COVERAGE = 0.7
+NEWTON_STEPS = 50
+
+
+def top_log_odds(logits: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of the T = 1 top probability, in log space (no rounding to 1.0 for sure photos)."""
+    ordered = np.sort(logits, axis=1)
+    return -np.log(np.exp(ordered[:, :-1] - ordered[:, -1:]).sum(axis=1))
+
+
+def fit_platt(score: np.ndarray, correct: np.ndarray):
+    """P(right) = sigmoid(a * score + b) by maximum likelihood; returns that function. Newton's method on the
+    standardized score from a = b = 0 (every photo at 0.5), where it converges: the raw log-odds reach 150."""
+    centre, spread = score.mean(), score.std() or 1.0
+    x = np.stack([(score - centre) / spread, np.ones_like(score)], axis=1)
+    w = np.zeros(2)
+    for _ in range(NEWTON_STEPS):
+        p = 1.0 / (1.0 + np.exp(-(x @ w)))
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
+        w = w - np.linalg.solve(hessian, x.T @ (p - correct))
+    return lambda s: 1.0 / (1.0 + np.exp(-(w[0] * (s - centre) / spread + w[1])))
+
+
+def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int) -> dict:
+    logits = np.concatenate([np.asarray(run["validation"]), np.asarray(run["extra"])])
+    extra_y = labels[n_val:]
+    raw = softmax(logits)
+    temperature = cross_calibrated("temperature", logits, labels, chunks)[n_val:]
+    score, correct = top_log_odds(logits), (raw.argmax(axis=1) == labels).astype(np.float64)
+    top = np.zeros(len(labels))
+    for held in chunks:
+        rest = np.setdiff1d(np.arange(len(labels)), held)
+        top[held] = fit_platt(score[rest], correct[rest])(score[held])
+    return {
+        "temperature_ece": ece(temperature, extra_y),
+        "temperature_cov70": coverage_accuracy(temperature, extra_y, COVERAGE),
+        "t1_cov70": coverage_accuracy(raw[n_val:], extra_y, COVERAGE),
+        "top_label_ece": score_ece(top[n_val:], correct[n_val:] > 0),
+        # Nested like the temperature: each fold's map differs, which can reorder photos across folds.
+        "top_label_cov70": score_coverage_accuracy(top[n_val:], correct[n_val:] > 0, COVERAGE),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studies.top_label", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "logits", type=Path, help="study_calibration_logits.json of python -m studies.calibration"
+    )
+    args = parser.parse_args(argv)
+    saved = json.loads(args.logits.read_text(encoding="utf-8"))
+    val_y, extra_y = np.asarray(saved["labels"]["validation"]), np.asarray(saved["labels"]["extra"])
+    folds = [np.asarray(fold) for fold in saved["extra_folds"]]
+    n_val = len(val_y)
+    chunks = interleaved_folds(n_val, len(folds)) + [fold + n_val for fold in folds]
+    labels = np.concatenate([val_y, extra_y])
+    by_config: dict[str, list[dict]] = {}
+    for run in saved["runs"]:
+        by_config.setdefault(run["config"], []).append(compare(run, labels, chunks, n_val))
+    columns = {
+        "temperature_ece": "temperature: ECE",
+        "temperature_cov70": "temperature: 70% most confident",
+        "t1_cov70": "T = 1 (any one increasing map): 70%",
+        "top_label_ece": "top-label Platt: ECE",
+        "top_label_cov70": "top-label Platt, nested: 70%",
+    }
+    print("| configuration | seeds | " + " | ".join(columns.values()) + " |")
+    print("|---|---:|" + "---:|" * len(columns))
+    for config, rows in by_config.items():
+        cells = []
+        for key in columns:
+            values = np.array([row[key] for row in rows])
+            scale, unit, digits = (1, "", 3) if key.endswith("ece") else (100, "%", 1)
+            cells.append(
+                f"{scale * values.mean():.{digits}f}{unit} ({scale * values.min():.{digits}f}-"
+                f"{scale * values.max():.{digits}f})"
+            )
+        print(f"| {config} | {len(rows)} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
