@@ -51,9 +51,14 @@ static sigaction_fn real_sigaction;
 static struct sigaction program_action; /* the program's own SIGSEGV wish (initially the default) */
 static int installed;                   /* from here on, sigaction(SIGSEGV) only records the wish */
 
-int sigaction(int sig, const struct sigaction *action, struct sigaction *old) {
+/* libc's sigaction, under this file's own. */
+static sigaction_fn next_sigaction(void) {
     if (!real_sigaction) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
-    if (sig != SIGSEGV || !installed) return real_sigaction(sig, action, old);
+    return real_sigaction;
+}
+
+int sigaction(int sig, const struct sigaction *action, struct sigaction *old) {
+    if (sig != SIGSEGV || !installed) return next_sigaction()(sig, action, old);
     if (old) *old = program_action;
     if (action) program_action = *action;
     return 0;
@@ -69,14 +74,15 @@ static void pass_on(int sig, siginfo_t *info, void *context) {
         struct sigaction fallback;
         memset(&fallback, 0, sizeof fallback);
         fallback.sa_handler = SIG_DFL;
-        real_sigaction(SIGSEGV, &fallback, NULL);
+        next_sigaction()(SIGSEGV, &fallback, NULL);
         raise(sig);
     }
 }
 
 static int set_cpuid_enabled(int enabled) { return (int)syscall(SYS_arch_prctl, ARCH_SET_CPUID, enabled); }
 
-static void real_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]) {
+/* The instruction itself: it traps to on_sigsegv while faulting is on. */
+static void cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]) {
     __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(subleaf));
 }
 
@@ -103,7 +109,7 @@ static void on_sigsegv(int sig, siginfo_t *info, void *context) {
     }
     uint32_t leaf = (uint32_t)g[REG_RAX], subleaf = (uint32_t)g[REG_RCX], r[4];
     set_cpuid_enabled(1);
-    real_cpuid(leaf, subleaf, r);
+    cpuid(leaf, subleaf, r);
     set_cpuid_enabled(0);
     mask(leaf, subleaf, r);
     g[REG_RAX] = r[0];
@@ -121,8 +127,7 @@ __attribute__((constructor)) static void start(void) {
     memset(&action, 0, sizeof action);
     action.sa_sigaction = on_sigsegv;
     action.sa_flags = SA_SIGINFO | SA_NODEFER;
-    if (!real_sigaction) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
-    real_sigaction(SIGSEGV, &action, NULL);
+    next_sigaction()(SIGSEGV, &action, NULL);
     installed = 1;
     if (set_cpuid_enabled(0) != 0) {
         fprintf(stderr, "cpuid_avx2: CPUID faulting is not available here (no cpuid_fault); nothing masked\n");
@@ -130,11 +135,11 @@ __attribute__((constructor)) static void start(void) {
     }
     if (getenv("CPUID_AVX2_REPORT")) {
         uint32_t r[4];
-        real_cpuid(7, 0, r); /* traps: the masked view */
+        cpuid(7, 0, r); /* traps: the masked view */
         fprintf(stderr, "cpuid_avx2: leaf 7 ebx=%08x ecx=%08x edx=%08x (AVX512F %s, AVX512_VNNI %s, AMX_INT8 %s)\n",
                 r[1], r[2], r[3], (r[1] >> 16) & 1 ? "on" : "off", (r[2] >> 11) & 1 ? "on" : "off",
                 (r[3] >> 25) & 1 ? "on" : "off");
-        real_cpuid(7, 1, r);
+        cpuid(7, 1, r);
         fprintf(stderr, "cpuid_avx2: leaf 7.1 eax=%08x (AVX_VNNI %s)\n", r[0], (r[0] >> 4) & 1 ? "on" : "off");
         atexit(report_at_exit);
     }

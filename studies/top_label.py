@@ -63,7 +63,7 @@ def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int)
     extra_y = labels[n_val:]
     raw = softmax(logits)
     temperature = cross_calibrated("temperature", logits, labels, chunks)[n_val:]
-    score, correct = top_log_odds(logits), (raw.argmax(axis=1) == labels).astype(np.float64)
+    score, correct = top_log_odds(logits), raw.argmax(axis=1) == labels
     top = np.zeros(len(labels))
     for held in chunks:
         rest = np.setdiff1d(np.arange(len(labels)), held)
@@ -72,9 +72,9 @@ def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int)
         "temperature_ece": ece(temperature, extra_y),
         "temperature_cov70": coverage_accuracy(temperature, extra_y, COVERAGE),
         "t1_cov70": coverage_accuracy(raw[n_val:], extra_y, COVERAGE),
-        "top_label_ece": score_ece(top[n_val:], correct[n_val:] > 0),
+        "top_label_ece": score_ece(top[n_val:], correct[n_val:]),
         # Nested like the temperature: each fold's map differs, which can reorder photos across folds.
-        "top_label_cov70": score_coverage_accuracy(top[n_val:], correct[n_val:] > 0, COVERAGE),
+        "top_label_cov70": score_coverage_accuracy(top[n_val:], correct[n_val:], COVERAGE),
     }
 
 

@@ -175,9 +175,9 @@ def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((order == np.asarray(labels)[:, None]).any(axis=1).mean()) if len(order) else float("nan")
 
 
-def confident_first(probs: np.ndarray) -> np.ndarray:
+def highest_first(confidence: np.ndarray) -> np.ndarray:
     """Photo indices from the highest top-1 score down (ties keep their order)."""
-    return np.argsort(-np.asarray(probs).max(axis=1), kind="stable")
+    return np.argsort(-np.asarray(confidence), kind="stable")
 
 
 def coverage_accuracy(probs: np.ndarray, labels: np.ndarray, coverage: float) -> float:
@@ -188,15 +188,16 @@ def coverage_accuracy(probs: np.ndarray, labels: np.ndarray, coverage: float) ->
 
 def score_coverage_accuracy(confidence: np.ndarray, correct: np.ndarray, coverage: float) -> float:
     """The same for any top-1 score: ``confidence`` per photo, ``correct`` whether its answer was right."""
-    order = np.argsort(-np.asarray(confidence), kind="stable")
+    order = highest_first(confidence)
     keep = order[: max(1, int(round(coverage * len(order))))]
     return float(np.asarray(correct, bool)[keep].mean())
 
 
 def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(coverage, accuracy) when answering only the n most confident photos, n = 1..N."""
-    order = confident_first(probs)
-    correct = (np.asarray(probs).argmax(axis=1) == np.asarray(labels))[order]
+    probs = np.asarray(probs)
+    order = highest_first(probs.max(axis=1))
+    correct = (probs.argmax(axis=1) == np.asarray(labels))[order]
     n = np.arange(1, len(order) + 1)
     return n / len(order), np.cumsum(correct) / n
 
