@@ -137,7 +137,9 @@ def architecture_text(meta: dict) -> str:
         head = f"{heads} such heads (each {head}), their logits averaged"
     method = (meta.get("calibration") or {}).get("method")
     if method and method != "none":
-        head += f", then {method} scaling (a layer of the model)"
+        head += (
+            f", then {method} {'calibration' if method == 'top-label' else 'scaling'} (a layer of the model)"
+        )
     return (
         f"ImageNet Xception base, {frozen}; the global average of blocks {blocks}'s outputs{features}"
         f"{standardized}\n  {head};\n  {size}"
@@ -206,9 +208,17 @@ def calibration_text(meta: dict) -> str:
             ("extra photos (contributor-grouped folds)", fitted.get("extra_grouped_cv")),
         ) if count
     )  # fmt: skip
-    value = f" T = {record['temperature']:.2f}" if record.get("temperature") else ""
+    if record["method"] == "top-label":
+        what = (
+            f"top-label Platt scaling: P(top class) = sigmoid({record['slope']:.3f} x its softmax log-odds "
+            f"{record['offset']:+.3f}),\n  the other classes keep their shares of the rest and no answer "
+            "changes"
+        )
+    else:
+        value = f" T = {record['temperature']:.2f}" if record.get("temperature") else ""
+        what = f"{record['method']} scaling{value}"
     return (
-        f"{record['method']} scaling{value}, fitted by log-loss on {fitted_text or 'held-out photos'};\n"
+        f"{what}, fitted by log-loss on {fitted_text or 'held-out photos'};\n"
         "  a layer inside the model, so the Lambda, the CLI, the on-device file and the browser page all\n"
         "  give the same calibrated scores"
     )
@@ -243,6 +253,15 @@ def scores_section(meta: dict, metrics: dict) -> str:
     rows += score_row("&nbsp;&nbsp;adults' clothes", extra.get("adults"))
     before = (extra.get("uncalibrated") or {}).get("ece")
     before_text = f" Without the calibration layer the extra photos' ECE was {before:.3f}." if before else ""
+    one_map = ((extra.get("uncalibrated") or {}).get("coverage_accuracy") or {}).get("70%")
+    if record.get("method") == "top-label" and one_map is not None:
+        # The map is increasing in the T = 1 top score, so the shipped model (one map) ranks the photos
+        # as the uncalibrated logits do; only the nested figures, a map per fold, reorder across folds.
+        before_text += (
+            f"\nThe top-label map keeps the order of the photos by score, so the model, one map for all,"
+            f" is right on {percent(one_map)} of the 70% most confident extra photos (the nested figure"
+            " above gives each fold its own map)."
+        )
     return (
         "| photos | n | top-1 | top-3 | ECE | Brier | mean top-1 score | top-1, 90% most confident "
         "| 80% | 70% |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n" + rows + "\n"

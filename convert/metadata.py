@@ -89,7 +89,11 @@ def calibration_facts(model_path: str | Path) -> dict | None:
     trained = record.get("calibration")
     if not isinstance(trained, dict) or "method" not in trained:
         return None
-    facts = {k: v for k, v in trained.items() if k in ("method", "temperature", "scale", "offset", "matrix")}
+    facts = {
+        k: v
+        for k, v in trained.items()
+        if k in ("method", "temperature", "scale", "slope", "offset", "matrix")
+    }
     facts["in_model"] = True  # a layer of the graph: no runtime applies it again
     facts["fitted_on"] = trained.get("fitted_on")
     facts["held_out"] = {

@@ -36,6 +36,8 @@ def load_keras_model(path: str | Path):
     _quiet_tensorflow()
     import keras
 
+    from train.model import TopLabelCalibration  # noqa: F401 - registers the layer for load_model
+
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged archive

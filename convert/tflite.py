@@ -29,7 +29,9 @@ INT8_DEFAULTS: dict = {
     # pooling failed validation (one test image's probability moved by 0.88) on the blocks 11-14
     # model. The logits are never int8 steps either.
     "denylisted_ops": ("MEAN", "CONCATENATION", "SUB", "MUL", "FULLY_CONNECTED"),
-    # Tensors (by name) whose producing op stays float32.
+    # Tensors (by name) whose producing op stays float32. Every op downstream of the pooling is added to
+    # these by :func:`after_pooling`, whatever its type: the calibration layer's ADDs and EXPs too
+    # (the residual ADDs of Xception's body stay int8, so ADD cannot be denylisted as a type).
     "denylisted_nodes": (),
 }
 
@@ -134,6 +136,25 @@ def clip_ranges(calibrated: bytes, ranges: dict[str, np.ndarray], percentile: fl
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def after_pooling(calibrated: bytes) -> list[str]:
+    """Output tensor names of the global-average pooling (MEAN) ops and of every op downstream of them:
+    the head and the calibration layer, kept float as in the ONNX int8 file
+    (``convert.onnx.pooling_and_head_nodes``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    subgraph = model.subgraphs[0]
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    floating = set()  # tensor indices computed from the pooled features
+    names: list[str] = []
+    for op in subgraph.operators:  # stored in execution order, so producers come first
+        if codes[op.opcodeIndex] == schema.BuiltinOperator.MEAN or floating.intersection(op.inputs):
+            floating.update(op.outputs)
+            names.extend(subgraph.tensors[i].name.decode() for i in op.outputs)
+    return names
+
+
 def quantize_calibrated(
     calibrated: bytes,
     per_channel: bool = INT8_DEFAULTS["per_channel"],
@@ -172,7 +193,8 @@ def convert_int8(
     calibrated = calibrate(saved_model_dir, representative)
     if range_percentile is not None and range_percentile < 100:
         calibrated = clip_ranges(calibrated, activation_ranges(calibrated, representative), range_percentile)
-    model = quantize_calibrated(calibrated, per_channel, denylisted_ops, denylisted_nodes)
+    head = after_pooling(calibrated)
+    model = quantize_calibrated(calibrated, per_channel, denylisted_ops, [*denylisted_nodes, *head])
     details = {
         "method": "full integer (static)",
         "weights": "int8, per-channel" if per_channel else "int8, per-tensor",
@@ -185,6 +207,7 @@ def convert_int8(
         ),
         "kept_float_ops": denylisted_ops,
         "kept_float_nodes": denylisted_nodes,
+        "kept_float_after_pooling": f"{len(head)} tensors",
     }
     return model, details
 

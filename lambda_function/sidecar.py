@@ -38,7 +38,7 @@ WHAT = "Metadata sidecar"
 # records the map, what it was fitted on, its held-out figures and the recommended "not sure" threshold
 # (for people and the model card). Absent means the file's scores are the model's raw softmax, as in
 # every sidecar written before the key existed; such files are served exactly as before.
-CALIBRATION_METHODS = ("none", "temperature", "vector", "matrix")
+CALIBRATION_METHODS = ("none", "temperature", "vector", "matrix", "top-label")
 
 
 class SidecarProblem(ValueError):

@@ -7,7 +7,8 @@ compares, per configuration and seed (extra photos, contributor-grouped folds):
 
 * the nested temperature of ``make train`` (each fold calibrated by a map fitted on the other rows);
 * the ranking of T = 1, which any increasing map of the top score keeps (a "top-label" calibration);
-* such a map: Platt scaling of the top score's log-odds (2 numbers, nested the same way), its ECE.
+* such a map: Platt scaling of the top score's log-odds (``train.calibration``'s ``top-label`` map, 2
+  numbers, nested the same way), its ECE, and how many answers it changed (none: it floors the top logit).
 
     python -m studies.top_label artifacts/study_onemap/study_calibration_logits.json
 """
@@ -26,36 +27,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from lambda_function.classifier import softmax  # noqa: E402
-from train.calibration import (  # noqa: E402
-    coverage_accuracy,
-    cross_calibrated,
-    ece,
-    interleaved_folds,
-    score_coverage_accuracy,
-    score_ece,
-)
+from train.calibration import coverage_accuracy, cross_calibrated, ece, interleaved_folds  # noqa: E402
 
 COVERAGE = 0.7
-NEWTON_STEPS = 50
-
-
-def top_log_odds(logits: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)) of the T = 1 top probability, in log space (no rounding to 1.0 for sure photos)."""
-    ordered = np.sort(logits, axis=1)
-    return -np.log(np.exp(ordered[:, :-1] - ordered[:, -1:]).sum(axis=1))
-
-
-def fit_platt(score: np.ndarray, correct: np.ndarray):
-    """P(right) = sigmoid(a * score + b) by maximum likelihood; returns that function. Newton's method on the
-    standardized score from a = b = 0 (every photo at 0.5), where it converges: the raw log-odds reach 150."""
-    centre, spread = score.mean(), score.std() or 1.0
-    x = np.stack([(score - centre) / spread, np.ones_like(score)], axis=1)
-    w = np.zeros(2)
-    for _ in range(NEWTON_STEPS):
-        p = 1.0 / (1.0 + np.exp(-(x @ w)))
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + 1e-6 * np.eye(2)
-        w = w - np.linalg.solve(hessian, x.T @ (p - correct))
-    return lambda s: 1.0 / (1.0 + np.exp(-(w[0] * (s - centre) / spread + w[1])))
 
 
 def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int) -> dict:
@@ -63,18 +37,15 @@ def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int)
     extra_y = labels[n_val:]
     raw = softmax(logits)
     temperature = cross_calibrated("temperature", logits, labels, chunks)[n_val:]
-    score, correct = top_log_odds(logits), raw.argmax(axis=1) == labels
-    top = np.zeros(len(labels))
-    for held in chunks:
-        rest = np.setdiff1d(np.arange(len(labels)), held)
-        top[held] = fit_platt(score[rest], correct[rest])(score[held])
+    # Nested like the temperature: each fold's map differs, which can reorder photos across folds.
+    top = cross_calibrated("top-label", logits, labels, chunks)[n_val:]
     return {
         "temperature_ece": ece(temperature, extra_y),
         "temperature_cov70": coverage_accuracy(temperature, extra_y, COVERAGE),
         "t1_cov70": coverage_accuracy(raw[n_val:], extra_y, COVERAGE),
-        "top_label_ece": score_ece(top[n_val:], correct[n_val:]),
-        # Nested like the temperature: each fold's map differs, which can reorder photos across folds.
-        "top_label_cov70": score_coverage_accuracy(top[n_val:], correct[n_val:], COVERAGE),
+        "top_label_ece": ece(top, extra_y),
+        "top_label_cov70": coverage_accuracy(top, extra_y, COVERAGE),
+        "answers_changed": int((top.argmax(axis=1) != raw[n_val:].argmax(axis=1)).sum()),
     }
 
 
@@ -99,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "t1_cov70": "T = 1 (any one increasing map): 70%",
         "top_label_ece": "top-label Platt: ECE",
         "top_label_cov70": "top-label Platt, nested: 70%",
+        "answers_changed": "answers changed",
     }
     print("| configuration | seeds | " + " | ".join(columns.values()) + " |")
     print("|---|---:|" + "---:|" * len(columns))
@@ -107,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         for key in columns:
             values = np.array([row[key] for row in rows])
             scale, unit, digits = (1, "", 3) if key.endswith("ece") else (100, "%", 1)
+            if key == "answers_changed":
+                scale, unit, digits = 1, "", 0
             cells.append(
                 f"{scale * values.mean():.{digits}f}{unit} ({scale * values.min():.{digits}f}-"
                 f"{scale * values.max():.{digits}f})"

@@ -265,6 +265,7 @@ def evaluate_saved_model(
     from train.config import trained_resize
     from train.data import discover, discover_folder, load_split, read_image_table
     from train.errors import DataError, RunConfigError
+    from train.model import TopLabelCalibration  # noqa: F401 - registers the layer for load_model
 
     model_path = Path(model_path)
     labels_path = model_path.with_name("labels.json")

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from train.calibration import Calibrator
+from train.calibration import TOP_LABEL_MARGIN, Calibrator
 
 
 def build_head(
@@ -120,10 +120,15 @@ class HeadLayers:
 
     def set_calibration(self, calibrator: Calibrator) -> None:
         """Put ``calibrator`` in the graph: a Rescaling layer for temperature and vector scaling (a multiply
-        and an add, which every converter keeps in float), a fixed Dense layer for matrix scaling."""
+        and an add, which every converter keeps in float), a fixed Dense layer for matrix scaling, a
+        :class:`TopLabelCalibration` layer for the top-label map."""
         self.calibrator = calibrator
         if calibrator.method == "none":
             self.calibration = None
+        elif calibrator.method == "top-label":
+            self.calibration = TopLabelCalibration(
+                float(calibrator.scale), float(calibrator.offset), name="calibration"
+            )
         elif calibrator.matrix is not None:
             dense = layers.Dense(self.num_classes, trainable=False, name="calibration")
             dense.build((None, self.num_classes))
@@ -135,6 +140,43 @@ class HeadLayers:
             self.calibration = layers.Rescaling(
                 _plain(calibrator.scale), offset=_plain(calibrator.offset), name="calibration"
             )
+
+
+@keras.saving.register_keras_serializable(package="edge_clothing_classifier")
+class TopLabelCalibration(layers.Layer):
+    """logits -> logits whose softmax gives the top class sigmoid(slope * s + offset), s being its T = 1
+    log-odds, and every other class its old share of the rest; the top logit never falls under the
+    runner-up's, so the answer is the model's. ``train.calibration.top_label`` is the same map in numpy.
+
+    Built from max, min, a comparison, exp, sum and log, which TFLite and ONNX have as plain ops (no custom
+    op); loading a saved model needs this module imported, which registers the class.
+    """
+
+    def __init__(self, slope: float, offset: float, **kwargs):
+        super().__init__(**kwargs)
+        self.slope, self.offset = float(slope), float(offset)
+
+    def call(self, logits):
+        ops = keras.ops
+        top = ops.max(logits, axis=-1, keepdims=True)
+        # A comparison, not one_hot(argmax): Keras's argmax brings a BitwiseAnd that TFLite lacks.
+        is_top = ops.cast(ops.greater_equal(logits, top), logits.dtype)
+        rest = 1.0 - is_top
+        bottom = ops.min(logits, axis=-1, keepdims=True)
+        runner_up = ops.max(logits - is_top * (top - bottom), axis=-1, keepdims=True)
+        # Relative to the runner-up, whose own term is 1: no underflow to log(0) in float32 or float16.
+        spread = ops.log(
+            ops.maximum(ops.sum(ops.exp((logits - runner_up) * rest) * rest, axis=-1, keepdims=True), 1.0)
+        )
+        log_rest = runner_up - top + spread
+        odds = ops.maximum(self.offset - self.slope * log_rest, TOP_LABEL_MARGIN - spread)
+        return logits + is_top * (top + log_rest + odds - logits)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "slope": self.slope, "offset": self.offset}
 
 
 def _plain(value):

@@ -1,6 +1,7 @@
 """An ensemble of heads with its calibration layer, through every export (issue 19), on a tiny model:
 Keras, TFLite (fp32, float16, dynamic, int8), ONNX (fp32, int8) and the on-device file give the same
-calibrated probabilities within each variant's tolerance, and the sidecars record the calibration."""
+calibrated probabilities within each variant's tolerance, and the sidecars record the calibration. Once
+with a temperature (a Rescaling layer) and once with the top-label map (its own layer of exp, log, max)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,11 @@ from train.calibration import Calibrator, at_threshold, coverage_curve, summary 
 from train.model import HeadLayers, build_full_model  # noqa: E402
 
 TEMPERATURE = 6.0
+# Strong enough that the calibrated probabilities are far from the raw ones on the tiny model.
+CALIBRATORS = {
+    "temperature": Calibrator("temperature", scale=1 / TEMPERATURE),
+    "top-label": Calibrator("top-label", scale=0.15, offset=-0.3),
+}
 SEEDS = (1, 1001, 2001)
 
 
@@ -34,10 +40,15 @@ def _pixels(folder, split):
     return pixels, np.array([LABELS.index(p.parent.name) for p in paths])
 
 
+@pytest.fixture(scope="module", params=sorted(CALIBRATORS))
+def method(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory, data_dir):  # noqa: F811 - the imported fixture
+def calibrated(tmp_path_factory, data_dir, method):  # noqa: F811 - the imported fixture
     """(model.keras path, the same layers without calibration as a Keras model): a tiny CNN, three heads
-    trained side by side, their mean logits divided by TEMPERATURE inside the graph."""
+    trained side by side, their mean logits through ``method``'s map inside the graph."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((*SIZE, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
@@ -52,7 +63,7 @@ def calibrated(tmp_path_factory, data_dir):  # noqa: F811 - the imported fixture
     )
     trainer.fit(features, [targets] * 3, epochs=25, batch_size=12, verbose=0)
     uncalibrated = build_full_model(extractor, heads)
-    heads.set_calibration(Calibrator("temperature", scale=1 / TEMPERATURE))
+    heads.set_calibration(CALIBRATORS[method])
     model = build_full_model(extractor, heads)
     folder = tmp_path_factory.mktemp("calibrated")
     model.save(folder / "model.keras")
@@ -84,15 +95,16 @@ def exported(calibrated, data_dir, tmp_path_factory):  # noqa: F811
     return run(calibrated[0], out, options), out
 
 
-def test_the_saved_model_divides_the_mean_of_its_heads_by_the_temperature(calibrated, data_dir):  # noqa: F811
+def test_the_saved_model_maps_the_mean_of_its_heads_as_the_calibrator_does(calibrated, data_dir, method):  # noqa: F811
     path, uncalibrated = calibrated
     model = keras.saving.load_model(path)
     names = [layer.name for layer in model.layers]
     assert {"ensemble", "calibration", "logits_1", "logits_3"} <= set(names) and names[-1] == "calibration"
     pixels, _ = _pixels(data_dir, "test")
-    np.testing.assert_allclose(
-        np.asarray(model(pixels)), np.asarray(uncalibrated(pixels)) / TEMPERATURE, atol=1e-5
-    )
+    raw = np.asarray(uncalibrated(pixels))
+    served = np.asarray(model(pixels))
+    np.testing.assert_allclose(served, CALIBRATORS[method](raw), atol=1e-5)
+    assert (served.argmax(axis=1) == raw.argmax(axis=1)).all()  # neither map changes an answer
 
 
 def test_every_variant_serves_the_calibrated_probabilities(exported, calibrated, data_dir):  # noqa: F811
@@ -126,13 +138,14 @@ def test_every_variant_serves_the_calibrated_probabilities(exported, calibrated,
         assert diff.mean() < np.abs(probs - raw_probs).mean(), vid  # nearer the calibrated than the raw
 
 
-def test_sidecars_record_the_calibration_and_the_runtime_serves_it(exported, calibrated, data_dir):  # noqa: F811
+def test_sidecars_record_the_calibration_and_the_runtime_serves_it(exported, calibrated, data_dir, method):  # noqa: F811
     from convert.ondevice import FILE_NAME
 
     result, out = exported
+    written = CALIBRATORS[method].to_dict()
     for path in (*result.models.values(), out / FILE_NAME):
         record = read_sidecar(path)["calibration"]
-        assert record["method"] == "temperature" and record["temperature"] == pytest.approx(TEMPERATURE)
+        assert {key: record[key] for key in written} == pytest.approx(written)
         assert record["in_model"] is True and record["fitted_on"] == {"validation": 3 * len(LABELS)}
         assert record["threshold"]["recommended"] == 0.5 and "test" not in record["threshold"]
         assert record["held_out"]["validation"]["images"] == 3 * len(LABELS)
@@ -141,3 +154,57 @@ def test_sidecars_record_the_calibration_and_the_runtime_serves_it(exported, cal
     keras_probs = softmax(np.asarray(keras.saving.load_model(calibrated[0])(pixels)))
     served = np.array([classifier.predict(image.astype(np.uint8)) for image in pixels])
     np.testing.assert_allclose(served, keras_probs, atol=1e-4)  # the runtime adds nothing of its own
+
+
+def _run_on_rows(path, rows: np.ndarray) -> np.ndarray:
+    """A (None, K) -> (None, K) model file run one row at a time (the runners take images)."""
+    if path.suffix == ".onnx":
+        from lambda_function.onnx_engine import import_onnxruntime
+
+        session = import_onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return np.concatenate([session.run(None, {name: row[None]})[0] for row in rows])
+    from lambda_function.classifier import load_interpreter
+
+    interpreter = load_interpreter(path, 1)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    outputs = []
+    for row in rows:
+        interpreter.resize_tensor_input(inp["index"], (1, len(row)))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], row[None])
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(out["index"])[0])
+    return np.array(outputs)
+
+
+def test_the_top_label_layer_alone_keeps_sure_photos_finite_in_every_float_export(tmp_path):
+    """Logits as sure as the real model's shoes (gaps past float32's exp range): float16 exports store
+    every constant in float16, where a tiny floor such as 1e-30 becomes 0 and log(0) gave NaN."""
+    from convert.onnx import to_onnx_fp32
+    from convert.savedmodel import export_saved_model
+    from convert.tflite import convert_dynamic, convert_float16, convert_fp32
+    from train.calibration import top_label
+    from train.model import TopLabelCalibration
+
+    slope, offset = 0.2, -0.06
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, TopLabelCalibration(slope, offset)(keras.layers.Dense(4)(inputs)))
+    model.layers[1].set_weights([np.eye(4, dtype=np.float32), np.zeros(4, np.float32)])  # logits in = out
+    logits = np.array(
+        [[0.0, 1.0, 2.0, 3.0], [120.0, 0.0, -5.0, 1.0], [-30.0, -40.0, 60.0, -60.0], [1.0, 1.0001, -3, 0]],
+        dtype=np.float32,
+    )
+    wanted = softmax(top_label(logits, slope, offset))
+    saved = export_saved_model(model, tmp_path / "saved_model")
+    files = {}
+    for name, make in (("fp32", convert_fp32), ("float16", convert_float16), ("dynamic", convert_dynamic)):
+        files[name] = tmp_path / f"{name}.tflite"
+        files[name].write_bytes(make(saved)[0])
+    files["onnx"] = tmp_path / "model.onnx"
+    to_onnx_fp32(saved, files["onnx"])
+    for name, path in files.items():
+        got = softmax(_run_on_rows(path, logits))
+        assert np.isfinite(got).all(), name
+        np.testing.assert_allclose(got, wanted, atol=1e-3, err_msg=name)
+        assert (got.argmax(axis=1) == logits.argmax(axis=1)).all(), name

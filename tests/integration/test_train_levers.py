@@ -88,7 +88,7 @@ def test_letterbox_extra_photos_and_fine_tune_end_to_end(folders, tmp_path, caps
 
 def test_ensemble_block14_and_calibration_from_grouped_folds(folders, tmp_path):
     """The recipe of issue 19 end to end: block 14 tuned on cached maps, an ensemble of heads on train +
-    extra photos, out-of-fold logits of the extra photos by contributor, a temperature in the model."""
+    extra photos, out-of-fold logits of the extra photos by contributor, the top-label map in the model."""
     data, extra = folders
     out = tmp_path / "run"
     argv = _argv(data, out, "--feature-backend", "keras", "--train-views", "1", "--extra-dir", str(extra))
@@ -96,7 +96,7 @@ def test_ensemble_block14_and_calibration_from_grouped_folds(folders, tmp_path):
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     calibration = metrics["calibration"]
-    assert calibration["method"] == "temperature" and calibration["temperature"] > 0
+    assert calibration["method"] == "top-label" and calibration["slope"] > 0
     assert calibration["fitted_on"] == {"validation": 6, "extra_grouped_cv": 8, "extra_share": None}
     cv = calibration["extra_grouped_cv"]
     assert cv["folds"] == 2 and cv["calibrated"]["images"] == 8
@@ -111,8 +111,10 @@ def test_ensemble_block14_and_calibration_from_grouped_folds(folders, tmp_path):
     model = keras.saving.load_model(out / "model.keras")
     names = [layer.name for layer in model.layers]
     assert names[-2:] == ["ensemble", "calibration"] and {"logits_1", "logits_2"} <= set(names)
-    scale = model.get_layer("calibration").scale
-    assert scale == pytest.approx(1 / calibration["temperature"], rel=1e-5)
+    layer = model.get_layer("calibration")
+    assert (layer.slope, layer.offset) == pytest.approx(
+        (calibration["slope"], calibration["offset"]), abs=1e-6
+    )
     # The evaluator (full Keras model on pixels) reproduces the run's calibrated test figures.
     assert evaluate.main([str(out / "model.keras"), "--data-dir", str(data)]) == 0
     alone = json.loads((out / "evaluation-test" / "metrics.json").read_text())

@@ -22,6 +22,8 @@ from train.calibration import (
     risk_coverage,
     summary,
     top_k_accuracy,
+    top_label,
+    top_log_odds,
 )
 
 
@@ -92,6 +94,71 @@ def test_affine_maps_fit_at_least_as_well_as_the_temperature(method):
     assert nll(affine(shifted), labels) < nll(temperature(shifted), labels)
     record = affine.to_dict()
     assert record["method"] == method and len(record["offset"]) == 5
+
+
+def platt_world(n: int = 4000, classes: int = 10, slope: float = 0.4, offset: float = 0.5, seed: int = 1):
+    """Logits whose top class is right with probability sigmoid(slope * T=1 log-odds + offset), else a
+    random other class is: a model whose ranking is sound but whose scores are too sure."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (n, classes))
+    right = rng.random(n) < 1 / (1 + np.exp(-(slope * top_log_odds(logits) + offset)))
+    top = logits.argmax(axis=1)
+    other = (top + rng.integers(1, classes, n)) % classes
+    return logits, np.where(right, top, other)
+
+
+def test_top_label_recovers_the_platt_map_and_keeps_answers_and_ranking():
+    logits, labels = platt_world()
+    calibrator = fit("top-label", logits, labels)
+    assert calibrator.method == "top-label"
+    assert calibrator.scale == pytest.approx(0.4, rel=0.15) and calibrator.offset == pytest.approx(
+        0.5, abs=0.15
+    )
+    before, after = softmax(logits), softmax(calibrator(logits))
+    assert ece(after, labels) < ece(before, labels) / 2
+    assert ece(after, labels) < ece(softmax(fit("temperature", logits, labels)(logits)), labels)
+    assert (after.argmax(axis=1) == before.argmax(axis=1)).all()
+    # An increasing map of the T = 1 top score: the photos keep their order by score.
+    assert (
+        np.argsort(-after.max(axis=1), kind="stable") == np.argsort(-before.max(axis=1), kind="stable")
+    ).all()
+    assert calibrator.to_dict() == {"method": "top-label", "slope": pytest.approx(calibrator.scale, abs=1e-6),
+                                    "offset": pytest.approx(calibrator.offset, abs=1e-6)}  # fmt: skip
+
+
+def test_top_label_fit_stays_finite_when_every_photo_is_right_or_wrong():
+    logits = np.random.default_rng(0).normal(0, 3, (7, 4))
+    for labels, sure in ((logits.argmax(axis=1), True), ((logits.argmax(axis=1) + 1) % 4, False)):
+        calibrator = fit("top-label", logits, labels)
+        scores = softmax(calibrator(logits)).max(axis=1)
+        assert np.isfinite([calibrator.scale, calibrator.offset]).all() and calibrator.scale > 0
+        assert (scores > 0.9).all() if sure else (scores < 0.5).all()
+
+
+def test_top_label_map_in_logits():
+    logits = np.array([[3.0, 1.0, 0.0, -1.0], [0.5, 2.0, 1.9, -4.0], [200.0, 0.0, -50.0, 1.0]])
+    slope, offset = 0.5, 0.2
+    probs, mapped = softmax(logits), softmax(top_label(logits, slope, offset))
+    rows = np.arange(3)
+    top = probs.argmax(axis=1)
+    wanted = 1 / (1 + np.exp(-(slope * top_log_odds(logits) + offset)))
+    assert mapped[rows[:2], top[:2]] == pytest.approx(wanted[:2])
+    # The other classes keep their shares of the rest.
+    others = np.ones_like(probs, bool)
+    others[rows, top] = False
+    share = lambda p: p[others].reshape(3, 3) / p[others].reshape(3, 3).sum(axis=1, keepdims=True)  # noqa: E731
+    assert share(mapped) == pytest.approx(share(probs))
+    # A photo sure beyond float32's exp (a 199-logit gap) stays finite and sure.
+    assert np.isfinite(mapped).all() and mapped[2, 0] == pytest.approx(1.0)
+
+
+def test_top_label_never_lowers_the_top_class_under_the_runner_up():
+    logits = np.array([[2.0, 1.9, -5.0], [0.0, 4.0, 3.99]])
+    mapped = top_label(logits, 1.0, -8.0)  # would put the top class far under the runner-up
+    assert (mapped.argmax(axis=1) == logits.argmax(axis=1)).all()
+    assert mapped[0, 0] == pytest.approx(1.9 + calibration.TOP_LABEL_MARGIN)
+    assert mapped[1, 1] == pytest.approx(3.99 + calibration.TOP_LABEL_MARGIN)
+    assert np.delete(mapped, [0, 4]) == pytest.approx(np.delete(logits, [0, 4]))  # the rest untouched
 
 
 def test_none_and_bad_methods():

@@ -157,6 +157,22 @@ def test_calibration_figures_and_threshold_come_from_the_sidecar():
     assert "Kids' one-piece garments" in card and "Capri" in card
 
 
+def test_a_top_label_calibration_is_described_by_its_two_numbers():
+    meta = copy.deepcopy(read_sidecar(BUNDLED))
+    meta["calibration"] = {**CALIBRATION, "method": "top-label", "slope": 0.3125, "offset": 0.5}
+    del meta["calibration"]["temperature"]
+    extra = meta["calibration"]["held_out"]["extra_grouped_cv"]
+    extra["uncalibrated"] = {"ece": 0.19, "coverage_accuracy": {"70%": 0.935}}
+    card = render(meta, 1_000_000, METRICS, "make model-card", "2026-12-05", "../../docs/img/x.png")
+    assert "sigmoid(0.312 x its softmax log-odds +0.500)" in card and "no answer changes" in card
+    assert "then top-label calibration (a layer of the model)" in card and "T = " not in card
+    assert "one map for all, is right on 93.5% of the 70% most confident extra photos" in card
+    # A temperature reorders the photos: no such sentence for it.
+    assert "one map for all" not in render(
+        read_sidecar(BUNDLED) | {"calibration": CALIBRATION}, 1, METRICS, "c", "d", "x.png"
+    )
+
+
 def test_a_sidecar_without_calibration_says_so():
     meta = copy.deepcopy(read_sidecar(BUNDLED))
     meta.pop("calibration", None)

@@ -96,6 +96,7 @@ def test_well_formed_records_pass():
     assert calibration_problem({"method": "none"}) is None
     assert calibration_problem({"method": "vector", "threshold": {"recommended": None}}) is None
     assert calibration_problem({"method": "temperature", "threshold": {"recommended": 0.55}}) is None
+    assert calibration_problem({"method": "top-label", "slope": 0.3, "offset": 0.4}) is None
 
 
 def test_convert_takes_the_record_from_the_training_metrics(tmp_path):
@@ -107,6 +108,16 @@ def test_convert_takes_the_record_from_the_training_metrics(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.9, "calibration": TRAINED}))
     facts = calibration_facts(source)
     assert facts["method"] == "temperature" and facts["temperature"] == 4.2 and facts["in_model"] is True
+    top_label = {**TRAINED, "method": "top-label", "slope": 0.3, "offset": 0.4}
+    del top_label["temperature"]
+    (tmp_path / "metrics.json").write_text(json.dumps({"calibration": top_label}))
+    assert {k: calibration_facts(source)[k] for k in ("method", "slope", "offset")} == {
+        "method": "top-label",
+        "slope": 0.3,
+        "offset": 0.4,
+    }
+    (tmp_path / "metrics.json").write_text(json.dumps({"accuracy": 0.9, "calibration": TRAINED}))
+    facts = calibration_facts(source)
     assert facts["held_out"]["validation"] == {"ece": 0.03, "images": 341}
     assert facts["held_out"]["extra_grouped_cv"]["folds"] == 5
     assert facts["threshold"]["recommended"] == 0.55
