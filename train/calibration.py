@@ -43,7 +43,8 @@ TOP_LABEL_MARGIN = 1e-3
 
 @dataclass(frozen=True)
 class Calibrator:
-    """logits -> calibrated logits: ``z @ matrix.T * scale + offset`` with whichever parts are set."""
+    """logits -> calibrated logits: ``z @ matrix.T * scale + offset`` with whichever parts are set, or for
+    ``top-label`` the map of :func:`top_label` with ``scale`` as its slope."""
 
     method: str = "none"
     # 1/T for temperature, a per-class vector for vector scaling, the slope of the log-odds for top-label
@@ -80,31 +81,35 @@ class Calibrator:
         return out
 
 
+def _top_class_terms(z: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(top logit, top-class mask, spread, log_rest) per row, each (N, 1) but the (N, K) mask: the steps
+    of the top-label layer (train/model.py) in numpy. log_rest is the log of the other classes' probability
+    mass against the top's (= -s, the T = 1 log-odds of the top class); spread is the same against the
+    runner-up's, in [0, log(classes - 1)]. Taken relative to the runner-up (its own term is 1), no step
+    underflows to log(0) in float32 or float16 and no tiny constant is needed (a float16 export rounds
+    1e-30 to 0)."""
+    top = z.max(axis=1, keepdims=True)
+    is_top = (z >= top).astype(np.float64)  # (a tie, which float logits never make, maps both alike)
+    rest = 1.0 - is_top
+    # The top's slot takes the smallest logit, so the max is the runner-up's.
+    runner_up = (z - is_top * (top - z.min(axis=1, keepdims=True))).max(axis=1, keepdims=True)
+    spread = np.log(np.maximum((np.exp((z - runner_up) * rest) * rest).sum(axis=1, keepdims=True), 1.0))
+    return top, is_top, spread, runner_up - top + spread
+
+
 def top_log_odds(logits: np.ndarray) -> np.ndarray:
-    """log(p / (1 - p)) of the T = 1 top probability: z_top - log-sum-exp of the other logits, the sum
-    taken relative to the runner-up so it never underflows (a sure photo's log-odds can pass 100)."""
-    ordered = np.sort(np.asarray(logits, np.float64), axis=1)
-    runner_up = ordered[:, -2:-1]
-    return ordered[:, -1] - runner_up[:, 0] - np.log(np.exp(ordered[:, :-1] - runner_up).sum(axis=1))
+    """log(p / (1 - p)) of the T = 1 top probability: z_top - log-sum-exp of the other logits (a sure
+    photo's log-odds can pass 100, where p itself rounds to 1)."""
+    return -_top_class_terms(np.asarray(logits, np.float64))[3][:, 0]
 
 
 def top_label(logits: np.ndarray, slope: float, offset: float) -> np.ndarray:
     """The top-label map in logits, step for step as its layer in the model (train/model.py): every other
     class keeps its logit; the top one becomes L + max(slope * s + offset, log-odds of a tie with the
     runner-up + margin), where L is the log-sum-exp of the others and s = z_top - L the T = 1 log-odds, so
-    softmax gives the top class sigmoid(slope * s + offset) and the others their old shares of the rest.
-
-    The others' sum is taken relative to the runner-up (its own term is 1), so no step underflows to
-    log(0) in float32 or float16 and no tiny constant is needed (a float16 export rounds 1e-30 to 0)."""
+    softmax gives the top class sigmoid(slope * s + offset) and the others their old shares of the rest."""
     z = np.asarray(logits, np.float64)
-    top = z.max(axis=1, keepdims=True)
-    is_top = (z >= top).astype(np.float64)  # (a tie, which float logits never make, maps both alike)
-    rest = 1.0 - is_top
-    # The top's slot takes the smallest logit, so the max is the runner-up's.
-    runner_up = (z - is_top * (top - z.min(axis=1, keepdims=True))).max(axis=1, keepdims=True)
-    # log of the others' probability mass against the runner-up's, in [0, log(classes - 1)]
-    spread = np.log(np.maximum((np.exp((z - runner_up) * rest) * rest).sum(axis=1, keepdims=True), 1.0))
-    log_rest = runner_up - top + spread  # = -s
+    top, is_top, spread, log_rest = _top_class_terms(z)
     odds = np.maximum(offset - slope * log_rest, TOP_LABEL_MARGIN - spread)
     return z + is_top * (top + log_rest + odds - z)
 

@@ -141,8 +141,12 @@ def test_top_label_map_in_logits():
     probs, mapped = softmax(logits), softmax(top_label(logits, slope, offset))
     rows = np.arange(3)
     top = probs.argmax(axis=1)
-    wanted = 1 / (1 + np.exp(-(slope * top_log_odds(logits) + offset)))
-    assert mapped[rows[:2], top[:2]] == pytest.approx(wanted[:2])
+    p_top = probs[rows[:2], top[:2]]
+    log_odds = np.log(p_top / (1 - p_top))  # the first two rows, where p is not yet 1 in float64
+    assert top_log_odds(logits)[:2] == pytest.approx(log_odds)
+    assert top_log_odds(logits)[2] == pytest.approx(200.0 - np.logaddexp.reduce([0.0, -50.0, 1.0]))
+    wanted = 1 / (1 + np.exp(-(slope * log_odds + offset)))
+    assert mapped[rows[:2], top[:2]] == pytest.approx(wanted)
     # The other classes keep their shares of the rest.
     others = np.ones_like(probs, bool)
     others[rows, top] = False
