@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-weights", default="1,3", help="loss weights of the extra photos in training")
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="0: skip that configuration")
     parser.add_argument("--folds", type=int, default=TrainConfig.folds, help="contributor-grouped folds")
+    parser.add_argument("--dropout", type=float, default=TrainConfig.dropout, help="the heads' dropout")
     parser.add_argument(
         "--methods",
         default="none,temperature,temperature@0.5,temperature@1,vector,matrix",
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             heads=args.heads,
             cache_dir=args.cache_dir,
             folds=args.folds,
+            dropout=args.dropout,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -250,7 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     tuning: list[dict] = []
     logits: list[dict] = []  # every configuration's held-out logits, for later calibration studies
 
+    # A head recipe other than train's default is named in every row, so two runs' logits can be merged.
+    changed = []
+    if args.dropout != TrainConfig.dropout:
+        changed.append(f"dropout {args.dropout:g}")
+    if args.epochs != HEAD_EPOCHS:
+        changed.append(f"{args.epochs} epochs")
+    variant = f" ({', '.join(changed)})" if changed else ""
+
     def run_scores(name, seed, val_logits, extra_logits):
+        name += variant
         logits.append({"config": name, "seed": seed, "validation": np.round(val_logits, 5).tolist(),
                        "extra": np.round(extra_logits, 5).tolist()})  # fmt: skip
         rows.extend(score(name, seed, val_logits, extra_logits, val.labels, extra.labels, kids, extra_folds,

@@ -10,7 +10,9 @@ compares, per configuration and seed (extra photos, contributor-grouped folds):
 * such a map: Platt scaling of the top score's log-odds (``train.calibration``'s ``top-label`` map, 2
   numbers, nested the same way), its ECE, and how many answers it changed (none: it floors the top logit).
 
-    python -m studies.top_label artifacts/study_onemap/study_calibration_logits.json
+    python -m studies.top_label artifacts/study_onemap/study_calibration_logits.json [MORE.json ...]
+
+Several files (runs of the same photos, e.g. 5 heads in one run and 10 in another) are read as one table.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int)
     # Nested like the temperature: each fold's map differs, which can reorder photos across folds.
     top = cross_calibrated("top-label", logits, labels, chunks)[n_val:]
     return {
+        "top1": float((raw[n_val:].argmax(axis=1) == extra_y).mean()),
         "temperature_ece": ece(temperature, extra_y),
         "temperature_cov70": coverage_accuracy(temperature, extra_y, COVERAGE),
         "t1_cov70": coverage_accuracy(raw[n_val:], extra_y, COVERAGE),
@@ -49,13 +52,26 @@ def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int)
     }
 
 
+def merged(files: list[dict]) -> dict:
+    """One set of runs from several saved files; they must hold the same photos, labels and folds."""
+    first = files[0]
+    for other in files[1:]:
+        if any(other[key] != first[key] for key in ("labels", "extra_folds")):
+            raise SystemExit("the logits files hold different photos, labels or folds")
+    runs = {}
+    for saved in files:
+        for run in saved["runs"]:  # a configuration and seed in two files is the same run: keep one
+            runs.setdefault((run["config"], run["seed"]), run)
+    return {**first, "runs": list(runs.values())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.top_label", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "logits", type=Path, help="study_calibration_logits.json of python -m studies.calibration"
+        "logits", type=Path, nargs="+", help="study_calibration_logits.json of python -m studies.calibration"
     )
     args = parser.parse_args(argv)
-    saved = json.loads(args.logits.read_text(encoding="utf-8"))
+    saved = merged([json.loads(path.read_text(encoding="utf-8")) for path in args.logits])
     val_y, extra_y = np.asarray(saved["labels"]["validation"]), np.asarray(saved["labels"]["extra"])
     folds = [np.asarray(fold) for fold in saved["extra_folds"]]
     n_val = len(val_y)
@@ -65,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in saved["runs"]:
         by_config.setdefault(run["config"], []).append(compare(run, labels, chunks, n_val))
     columns = {
+        "top1": "top-1",
         "temperature_ece": "temperature: ECE",
         "temperature_cov70": "temperature: 70% most confident",
         "t1_cov70": "T = 1 (any one increasing map): 70%",
