@@ -41,7 +41,6 @@ OUTPUT_DIR = Path("artifacts/study_calibration")
 RESULTS_FILE = "study_calibration.json"
 LOGITS_FILE = "study_calibration_logits.json"
 PLOT_FILE = "study_calibration.png"
-HEAD_EPOCHS = 30
 
 
 def parse_method(text: str) -> tuple[str, float | None]:
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
     parser.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated seeds")
     parser.add_argument("--heads", type=int, default=5, help="heads in the ensemble")
-    parser.add_argument("--epochs", type=int, default=HEAD_EPOCHS, help="head epochs per fit")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="head epochs per fit")
     parser.add_argument("--tune-epochs", type=int, default=2, help="block 14 fine-tuning epochs (0: skip)")
     parser.add_argument("--tune-learning-rate", type=float, default=TrainConfig.tune_block14_learning_rate)
     parser.add_argument("--extra-weights", default="1,3", help="loss weights of the extra photos in training")
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = []
     if args.dropout != TrainConfig.dropout:
         changed.append(f"dropout {args.dropout:g}")
-    if args.epochs != HEAD_EPOCHS:
+    if args.epochs != TrainConfig.epochs:
         changed.append(f"{args.epochs} epochs")
     variant = f" ({', '.join(changed)})" if changed else ""
 
