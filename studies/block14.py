@@ -32,7 +32,7 @@ from train.block14 import MAP_BLOCK, Maps
 from train.config import FEATURE_BACKENDS, TrainConfig, parse_blocks
 
 POOLED_BLOCKS = (11, 12)  # pooled at extraction (train.block14: the blocks before the cached map)
-HEAD_EPOCHS = 30  # as studies.extra: fixed, no head picks its epoch on what it is scored on
+HEAD_EPOCHS = TrainConfig.epochs  # as studies.extra: fixed, no head picks its epoch on what it is scored on
 FOLDS = 5
 OUTPUT_DIR = Path("artifacts/study_block14")
 RESULTS_FILE = "study_block14.json"

@@ -20,7 +20,8 @@ import numpy as np
 from train.config import LAST_BLOCK, TrainConfig
 
 FOLDS = 5
-EPOCHS = 30  # fixed: no fold may pick its own best epoch on the data it is scored on
+# train's head epochs, fixed: no fold may pick its own best epoch on the data it is scored on
+EPOCHS = TrainConfig.epochs
 CANDIDATES = "8,9,10,11,12,13,14"
 OUTPUT_DIR = Path("artifacts/choose_blocks")
 RESULTS_FILE = "choose_blocks.json"

@@ -32,7 +32,8 @@ from train.config import FEATURE_BACKENDS, TrainConfig
 from train.folds import contributors_and_kids, grouped_folds
 
 FOLDS = 5
-EPOCHS = 30  # as studies.choose_blocks: fixed, so that no fold picks its epoch on the data it is scored on
+# train's head epochs, fixed as in studies.choose_blocks: no fold picks its epoch on the data it is scored on
+EPOCHS = TrainConfig.epochs
 OUTPUT_DIR = Path("artifacts/study_extra")
 RESULTS_FILE = "study_extra.json"
 PLOT_FILE = "study_extra.png"

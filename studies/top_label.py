@@ -13,6 +13,9 @@ compares, per configuration and seed (extra photos, contributor-grouped folds):
     python -m studies.top_label artifacts/study_onemap/study_calibration_logits.json [MORE.json ...]
 
 Several files (runs of the same photos, e.g. 5 heads in one run and 10 in another) are read as one table.
+With ``--against CONFIG`` a second table pairs every other configuration with CONFIG seed by seed: the mean
+difference and on how many seeds it was better and worse (one head seed moves top-1 by 2-3 points on 199
+photos, so a lever is judged on paired seeds, not on means of different draws).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "logits", type=Path, nargs="+", help="study_calibration_logits.json of python -m studies.calibration"
     )
+    parser.add_argument("--against", help="a configuration to pair every other one with, seed by seed")
     args = parser.parse_args(argv)
     saved = merged([json.loads(path.read_text(encoding="utf-8")) for path in args.logits])
     val_y, extra_y = np.asarray(saved["labels"]["validation"]), np.asarray(saved["labels"]["extra"])
@@ -79,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.concatenate([val_y, extra_y])
     by_config: dict[str, list[dict]] = {}
     for run in saved["runs"]:
-        by_config.setdefault(run["config"], []).append(compare(run, labels, chunks, n_val))
+        by_config.setdefault(run["config"], []).append(
+            {"seed": run["seed"], **compare(run, labels, chunks, n_val)}
+        )
     columns = {
         "top1": "top-1",
         "temperature_ece": "temperature: ECE",
@@ -103,7 +109,42 @@ def main(argv: list[str] | None = None) -> int:
                 f"{scale * values.max():.{digits}f})"
             )
         print(f"| {config} | {len(rows)} | " + " | ".join(cells) + " |")
+    if args.against:
+        if args.against not in by_config:
+            raise SystemExit(f"--against {args.against!r} is none of: {', '.join(by_config)}")
+        print()
+        print(paired(by_config, args.against))
     return 0
+
+
+# What a paired table compares, and which way is better: (column, key, scale, unit, higher is better).
+PAIRED = (
+    ("top-1", "top1", 100, " pt", True),
+    ("ECE (top-label)", "top_label_ece", 1, "", False),
+    ("70% most confident (top-label, nested)", "top_label_cov70", 100, " pt", True),
+)
+
+
+def paired(by_config: dict[str, list[dict]], against: str) -> str:
+    """Each configuration minus ``against`` on the seeds both ran: mean difference (better / worse seeds)."""
+    base = {row["seed"]: row for row in by_config[against]}
+    lines = [
+        f"| against {against} | paired seeds | " + " | ".join(c[0] for c in PAIRED) + " |",
+        "|---|---:|" + "---:|" * len(PAIRED),
+    ]
+    for config, rows in by_config.items():
+        pairs = [(row, base[row["seed"]]) for row in rows if row["seed"] in base]
+        if config == against or not pairs:
+            continue
+        cells = []
+        for _, key, scale, unit, higher in PAIRED:
+            diff = np.array([row[key] - ref[key] for row, ref in pairs]) * (1 if higher else -1)
+            digits = 1 if unit else 3
+            mean = scale * diff.mean() * (1 if higher else -1)
+            better, worse = int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
+            cells.append(f"{mean:+.{digits}f}{unit} (better {better}, worse {worse})")
+        lines.append(f"| {config} | {len(pairs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
