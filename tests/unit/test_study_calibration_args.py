@@ -8,7 +8,7 @@ from studies import calibration
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        (["--head-blocks", "11,12,13,14;15", "--tune-epochs", "0"], "--head-blocks must name Xception blocks"),
+        (["--head-blocks", "11,12,13,14;15", "--tune-epochs", "0"], "--head-blocks must name Xception"),
         (["--pool14", "avg+max"], "add --tune-epochs 0"),
         (["--head-blocks", "13,14"], "add --tune-epochs 0"),
     ],
