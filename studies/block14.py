@@ -48,6 +48,13 @@ def columns(blocks: tuple[int, ...], widths: dict[int, int]) -> np.ndarray:
     return np.concatenate([np.arange(starts[b], starts[b] + widths[b]) for b in blocks])
 
 
+def block_widths(tail, maps: Maps) -> dict[int, int]:
+    """The width of each of blocks 11-14 in ``tail``'s output (the [11, 12, 13, 14] layout of ``columns``)."""
+    # Blocks 11 and 12 (Xception's middle flow) have the same width; block 14's is what the tail adds.
+    half, channels = maps.pooled.shape[1] // 2, maps.maps.shape[-1]
+    return {11: half, 12: half, 13: channels, 14: int(tail.output.shape[-1]) - 2 * half - channels}
+
+
 def hit_rates(probs: np.ndarray, labels: np.ndarray, kids: np.ndarray) -> dict:
     hits = probs.argmax(axis=1) == labels
     return {
@@ -285,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     layers14 = block_layers(base, LAST_BLOCK)
     tail = build_tail(layers14, train.maps.shape[1:], train.pooled.shape[1], config.blocks)
-    # Blocks 11 and 12 (Xception's middle flow) have the same width; block 14's is what the tail adds.
-    half, channels = train.pooled.shape[1] // 2, train.maps.shape[-1]
-    widths = {11: half, 12: half, 13: channels, 14: int(tail.output.shape[-1]) - 2 * half - channels}
+    widths = block_widths(tail, train)
     features = {
         name: s.features(tail) for name, s in (("train", train), ("validation", val), ("extra", extra))
     }

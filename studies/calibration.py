@@ -88,24 +88,15 @@ def score(name, seed, val_logits, extra_logits, val_y, extra_y, kids, extra_fold
     return rows
 
 
-def avg_max_tail(layers14: list, map_shape: tuple[int, ...], pooled_width: int):
-    """The recipe's tail (train.block14.build_tail, blocks 11-14) with block 14 pooled by average and max."""
+def with_max_pool14(tail):
+    """The recipe's tail (train.block14.build_tail) with block 14's map also max-pooled, after the rest."""
     import keras
     from keras import layers
 
-    maps = keras.Input(map_shape, name="block13_map")
-    pooled = keras.Input((pooled_width,), name="pooled_before_13")
-    x = maps
-    for layer in layers14:
-        x = layer(x)
-    parts = [pooled, layers.GlobalAveragePooling2D(name="pool_block13")(maps)]
-    parts += [
-        layers.GlobalAveragePooling2D(name="pool_block14")(x),
-        layers.GlobalMaxPooling2D(name="max_block14")(x),
-    ]
-    return keras.Model(
-        [maps, pooled], layers.Concatenate(name="features")(parts), name="block14_tail_avg_max"
-    )
+    block14_map = tail.get_layer("pool_block14").input
+    pooled_max = layers.GlobalMaxPooling2D(name="max_block14")(block14_map)
+    features = layers.Concatenate(name="features_avg_max")([tail.output, pooled_max])
+    return keras.Model(tail.inputs, features, name="block14_tail_avg_max")
 
 
 def grouped_cv(config, x, y, extra_x, extra_y, val_x, extra_folds, weight, num_classes):
@@ -264,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from studies.block14 import columns
+    from studies.block14 import block_widths, columns
     from studies.extra import run_record
     from train.block14 import LAST_BLOCK, block_layers, build_tail
     from train.data import DataError, discover, discover_folder
@@ -293,10 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     num_classes = len(dataset.class_names)
     layers14 = block_layers(base, LAST_BLOCK)
     imagenet14 = [layer.get_weights() for layer in layers14]
+    tail = build_tail(layers14, map_shape, train.pooled.shape[1], config.blocks)
     if args.pool14 == "avg+max":
-        tail = avg_max_tail(layers14, map_shape, train.pooled.shape[1])
-    else:
-        tail = build_tail(layers14, map_shape, train.pooled.shape[1], config.blocks)
+        tail = with_max_pool14(tail)
     frozen = {name: s.features(tail) for name, s in (("train", train), ("val", val), ("extra", extra))}
     rows: list[dict] = []
     tuning: list[dict] = []
@@ -317,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if head_blocks:
         changed.append("heads on blocks " + " / ".join(",".join(map(str, b)) for b in head_blocks))
     variant = f" ({', '.join(changed)})" if changed else ""
-    half = train.pooled.shape[1] // 2  # blocks 11 and 12, pooled at extraction, 728 channels each
-    widths = {11: half, 12: half, 13: map_shape[-1], 14: frozen["train"].shape[1] - 2 * half - map_shape[-1]}
-    head_columns = [columns(blocks, widths) for blocks in head_blocks]
+    head_columns = [columns(blocks, block_widths(tail, train)) for blocks in head_blocks]
 
     def by_head_blocks(fit, cfg, features):
         """``fit(cfg, features)``, or with --head-blocks one fit per head on its block set (seeded as that
@@ -362,16 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     k = args.heads
     for seed in seeds:
         cfg = dataclasses.replace(config, seed=seed)
-        one = dataclasses.replace(cfg, heads=1)
-        run_scores("1 head", seed, *by_head_blocks(lambda c, f: heads_logits(c, f, (c.seed,)), one, frozen))
+        run_scores("1 head", seed, *by_head_blocks(heads_logits, dataclasses.replace(cfg, heads=1), frozen))
         run_scores(f"{k} heads", seed, *by_head_blocks(heads_logits, cfg, frozen))
         for weight in weights if args.tune_epochs <= 0 else weights[:1]:
 
             def cv(c, f, w=weight):
-                y = train.labels, extra.labels
-                return grouped_cv(
-                    c, f["train"], y[0], f["extra"], y[1], f["val"], extra_folds, w, num_classes
-                )
+                return grouped_cv(c, f["train"], train.labels, f["extra"], extra.labels, f["val"],
+                                  extra_folds, w, num_classes)  # fmt: skip
 
             run_scores(f"{k} heads + extra x{weight:g}", seed, *by_head_blocks(cv, cfg, frozen))
         if args.tune_epochs <= 0:

@@ -138,11 +138,11 @@ def paired(by_config: dict[str, list[dict]], against: str) -> str:
             continue
         cells = []
         for _, key, scale, unit, higher in PAIRED:
-            diff = np.array([row[key] - ref[key] for row, ref in pairs]) * (1 if higher else -1)
-            digits = 1 if unit else 3
-            mean = scale * diff.mean() * (1 if higher else -1)
-            better, worse = int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
-            cells.append(f"{mean:+.{digits}f}{unit} (better {better}, worse {worse})")
+            diff = np.array([row[key] - ref[key] for row, ref in pairs])
+            up, down = int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
+            better, worse = (up, down) if higher else (down, up)
+            mean = f"{scale * diff.mean():+.{1 if unit else 3}f}{unit}"
+            cells.append(f"{mean} (better {better}, worse {worse})")
         lines.append(f"| {config} | {len(pairs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
