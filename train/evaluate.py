@@ -262,6 +262,7 @@ def evaluate_saved_model(
     import keras
     from tqdm import tqdm
 
+    from train.calibration import summary
     from train.config import trained_resize
     from train.data import discover, discover_folder, load_split, read_image_table
     from train.errors import DataError, RunConfigError
@@ -308,6 +309,8 @@ def evaluate_saved_model(
         logits[start : start + len(chunk)] = np.asarray(model(chunk, training=False))
     paths = [data.paths[i] for i in kept]
     extra = {"model": str(model_path), "resize": resize, "skipped_images": [s.__dict__ for s in skipped]}
+    # A score is a promise: calibration and accuracy on the most confident photos beside top-1.
+    extra["calibration"] = summary(softmax(logits), data.labels[kept])
     if table:
         extra["groups"] = group_accuracy(paths, logits, data.labels[kept], table)
     # Its own folder by default, so the training run's metrics.json is never overwritten.
@@ -351,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{report['split']} accuracy {report['accuracy']:.4f} on {report['num_images']} images")
+    scores = report["calibration"]
+    coverage = ", ".join(f"{c} {a:.4f}" for c, a in scores["coverage_accuracy"].items())
+    print(f"  top-3 {scores['top3']:.4f}, ECE {scores['ece']:.3f}, most confident: {coverage}")
     for name, group in report.get("groups", {}).items():
         if group["accuracy"] is not None:
             print(f"  {name}: accuracy {group['accuracy']:.4f} on {group['num_images']} images")

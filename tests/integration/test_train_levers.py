@@ -134,6 +134,10 @@ def test_evaluate_takes_a_label_image_folder_and_reports_kids_and_adults(folders
     assert report["groups"]["kids"]["num_images"] == 3 and report["groups"]["adults"]["num_images"] == 5
     assert np.array(report["confusion_matrix"]).sum(axis=1).tolist() == [4, 4, 0]
     assert "kids: accuracy" in printed
+    scores = report["calibration"]  # the score's promise beside top-1, from the same logits
+    assert scores["images"] == 8 and scores["top1"] == pytest.approx(report["accuracy"])
+    assert 0.0 <= scores["ece"] <= 1.0 and set(scores["coverage_accuracy"]) == {"90%", "80%", "70%"}
+    assert "ECE" in printed
     assert (out / "evaluation-extra" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
     # A folder with a class the model does not know is refused in one line.
     (tmp_path / "odd" / "scarf").mkdir(parents=True)
