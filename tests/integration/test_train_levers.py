@@ -66,6 +66,7 @@ def test_letterbox_extra_photos_and_fine_tune_end_to_end(folders, tmp_path, caps
     assert main(argv) == 0
     log = capsys.readouterr().out
     assert "extra training photos: 8" in log and "fine-tuning blocks 13,14 on 20 images" in log
+    assert "without --view-style photo" not in log  # the note is for runs that show the fitted images
     config = json.loads((out / "config.json").read_text())["config"]
     assert (config["resize"], config["fine_tune"], config["view_style"]) == ("letterbox", True, "photo")
     assert config["extra_dir"] == str(extra)
