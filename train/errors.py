@@ -24,3 +24,7 @@ class AssemblyError(TrainError):
 
 class RunConfigError(TrainError):
     """A training run's config.json (next to its model.keras) is unreadable or names an unknown option."""
+
+
+class BackendError(TrainError):
+    """The Keras backend in use cannot run what the options ask (LiteRT extraction needs TensorFlow)."""

@@ -40,7 +40,7 @@ from train.calibration import at_threshold, summary
 from train.callbacks import KeepBest
 from train.config import CONFIG_FILE, LAST_BLOCK, TrainConfig
 from train.data import Dataset, Skipped, discover, discover_folder, load_split
-from train.errors import AssemblyError, DataError
+from train.errors import AssemblyError, BackendError, DataError
 from train.features import (
     block_output,
     build_extractor,
@@ -102,13 +102,24 @@ class TrainResult:
 
 
 def set_seeds(seed: int) -> None:
-    """Seed python, numpy and Keras/TF, and ask TF for deterministic kernels."""
+    """Seed python, numpy and Keras, and ask the Keras backend for deterministic kernels.
+
+    TensorFlow is the default backend; torch and JAX (``KERAS_BACKEND``) let the model train where only
+    they are installed, such as a GPU machine's PyTorch image (docs/training.md). JAX on a GPU is
+    deterministic only with ``XLA_FLAGS=--xla_gpu_deterministic_ops=true``, which must be set before start.
+    """
     random.seed(seed)
     np.random.seed(seed)
     keras.utils.set_random_seed(seed)
-    import tensorflow as tf
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    tf.config.experimental.enable_op_determinism()
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 class FeatureStore:
@@ -398,16 +409,27 @@ def grouped_cv_logits(
 
 
 def versions() -> dict:
-    import ai_edge_litert
-    import tensorflow as tf
+    """The versions that made the model; a package that is not installed is recorded as None."""
+    from importlib import metadata
 
-    return {
+    def installed(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    backend = keras.backend.backend()
+    record = {
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "keras_backend": backend,
+        "tensorflow": installed("tensorflow-cpu") or installed("tensorflow"),
         "keras": keras.__version__,
         "numpy": np.__version__,
-        "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown"),
+        "ai_edge_litert": installed("ai-edge-litert"),
     }
+    if backend != "tensorflow":
+        record[backend] = installed(backend)
+    return record
 
 
 def check_assembly(
@@ -553,6 +575,13 @@ def train(config: TrainConfig) -> TrainResult:
         timings[name] = round(now - mark, 2)
         mark = now
 
+    backend = keras.backend.backend()
+    if config.feature_backend == "litert" and backend != "tensorflow":
+        # The LiteRT extractor is converted from the Keras model by TensorFlow's converter.
+        raise BackendError(
+            f"--feature-backend litert needs Keras on TensorFlow; with KERAS_BACKEND={backend} "
+            "use --feature-backend keras"
+        )
     set_seeds(config.seed)
     dataset = discover(config.data_dir, config.limit_per_class)
     out = config.output_dir
