@@ -86,6 +86,10 @@ def test_train_and_fine_tune_on_jax_without_tensorflow_then_load_under_tensorflo
     paths = {str(p) for f in files for p in np.load(f)["paths"]}
     assert {"block14_sepconv2/pointwise_kernel", "standardize/mean", "logits_5/kernel"} <= paths
     assert not any(p.startswith(("block1_", "block12_")) for p in paths)  # frozen: as in the weights file
+    # A variable larger than the pieces may be is refused, not split unreadably.
+    too_small = ["pack", str(out), "--out-dir", str(tmp_path / "tiny"), "--max-mib", "1"]
+    assert slim_run.main(too_small) == 2
+    assert "MiB, over --max-mib 1" in capsys.readouterr().err
     # Rebuilt here, on TensorFlow, from the pieces and the same weights file: the run's own test figures.
     rebuilt = tmp_path / "rebuilt"
     unpack = ["unpack", str(pieces), "--weights", str(weights)]
