@@ -151,7 +151,7 @@ class TrainConfig:
     check_images: int = option(8, "test images used to prove full model == head(features)")
     fine_tune: bool = option(
         False,
-        "after the head: train the exit flow too (~10 min per epoch on 2 CPU cores; use with "
+        "after the head: train the exit flow too (10-20 min per epoch on 2 CPU cores; use with "
         "--view-style photo, docs/lab/calibration.md)",
     )
     fine_tune_blocks: str = option(

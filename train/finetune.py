@@ -1,11 +1,11 @@
 """``--fine-tune``: after the head is trained on cached features, train the exit flow of the base too.
 
 The seed recipe fine-tuned on a GPU. Here it is an option, off by default: every epoch runs the whole
-base forwards and the unfrozen blocks backwards on every training image (about 10 minutes per epoch on 2
+base forwards and the unfrozen blocks backwards on every training image (10-20 minutes per epoch on 2
 CPU cores at 352 px, against seconds for the head). Measured on the CPU (docs/lab/calibration.md, one
 seed): without ``--view-style photo`` there is nothing left to learn, since the heads already fit the
-un-augmented train images (train loss 0.002 in the first epoch); with it, +0.5 points on the extra photos,
-within the noise.
+un-augmented train images (train loss 0.002 in the first epoch); with it, 3 epochs gave +0.5 (1e-5) and
++0.0 points (3e-5) on the extra photos, within the noise. More needs a GPU (Keras on JAX, docs/training.md).
 
 What stays frozen, and why:
 - every block not named in ``fine_tune_blocks`` (default 13-14, Xception's exit flow): the early blocks'
