@@ -32,12 +32,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from lambda_function.jsonfile import JSONFileError, read_json_object  # noqa: E402
 from train.config import CONFIG_FILE  # noqa: E402
 from train.errors import TrainError  # noqa: E402
 
 MODEL_FILE = "model.keras"
 ARCHITECTURE_FILE = "architecture.json"  # the config.json inside model.keras
-MANIFEST_FILE = "pieces.json"  # {piece: [variable paths]}: a lost piece is named, never filled from the base
+# {"pieces": {piece: [variable paths]}}: a lost piece is named, never filled in from the base.
+MANIFEST_FILE = "pieces.json"
 SMALL_FILES = "run.tar"
 PIECE_PREFIX = "weights-"
 MAX_PIECE_MIB = 15.0  # under the 16 MiB a file may have to come back from a lent machine
@@ -49,11 +51,16 @@ class SlimRunError(TrainError):
     """A run folder or a set of pieces that cannot be packed or unpacked as asked."""
 
 
+def read_run_file(path: Path, what: str, key: str):
+    """``key`` of the JSON object in ``path``; a missing, unreadable or misshapen file is a SlimRunError."""
+    try:
+        return read_json_object(path, what, required=(key,))[key]
+    except JSONFileError as exc:
+        raise SlimRunError(str(exc)) from None
+
+
 def run_config(run_dir: Path) -> dict:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise SlimRunError(f"{path} not found: pack and unpack need the run's config.json")
-    return json.loads(path.read_text())["config"]
+    return read_run_file(run_dir / CONFIG_FILE, "Training config", "config")
 
 
 def reference_variables(image_size: int, weights: str) -> dict[str, np.ndarray]:
@@ -122,7 +129,8 @@ def pack(run_dir: Path, out_dir: Path, weights: str | None = None, max_mib: floa
         for path in sorted(run_dir.iterdir()):
             if path.is_file() and path.suffix in RUN_SUFFIXES:
                 tar.add(path, arcname=path.name)
-        for name, data in ((ARCHITECTURE_FILE, architecture), (MANIFEST_FILE, json.dumps(manifest).encode())):
+        listing = json.dumps({"pieces": manifest}).encode()
+        for name, data in ((ARCHITECTURE_FILE, architecture), (MANIFEST_FILE, listing)):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -145,7 +153,7 @@ def unpack(pieces_dir: Path, output_dir: Path, weights: str | None = None) -> Pa
     architecture = (output_dir / ARCHITECTURE_FILE).read_text()
     values = reference_variables(config["image_size"], weights or config["weights"])
     model = keras.models.model_from_json(architecture)  # its layers' names are in the architecture
-    manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
+    manifest = read_run_file(output_dir / MANIFEST_FILE, "List of pieces", "pieces")
     for name, paths in manifest.items():
         if not (pieces_dir / name).is_file():
             raise SlimRunError(f"piece {name} is missing from {pieces_dir} (it holds {len(paths)} variables)")
@@ -171,7 +179,7 @@ def check_against_run(model_path: Path, data_dir: Path) -> dict:
     """Score the rebuilt model on the test split; its figures must be the run's own (metrics.json)."""
     from train.evaluate import evaluate_saved_model
 
-    trained = json.loads(model_path.with_name("metrics.json").read_text())["calibration"]["test"]
+    trained = read_run_file(model_path.with_name("metrics.json"), "Run metrics", "calibration")["test"]
     check_dir = model_path.parent / "unpack-check"
     report = evaluate_saved_model(model_path, data_dir=data_dir, split="test", output_dir=check_dir)
     again = report["calibration"]
