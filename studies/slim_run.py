@@ -146,6 +146,8 @@ def unpack(pieces_dir: Path, output_dir: Path, weights: str | None = None) -> Pa
 
     import train.model  # noqa: F401
 
+    if not (pieces_dir / SMALL_FILES).is_file():
+        raise SlimRunError(f"{pieces_dir / SMALL_FILES} not found: is {pieces_dir} what pack wrote?")
     with tarfile.open(pieces_dir / SMALL_FILES) as tar:
         output_dir.mkdir(parents=True, exist_ok=True)
         tar.extractall(output_dir, filter="data")
