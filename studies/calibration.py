@@ -13,8 +13,9 @@ From the training cache of block-13 maps (train/block14.py; one LiteRT pass per 
 - ``... + label smoothing``: the heads trained with label smoothing.
 
 Two variants of the heads' input, on the frozen block 14 only: ``--pool14 avg+max`` (block 14's map pooled by
-average and max, 2 x 2048 features) and ``--head-blocks`` (each head on its own set of pooled blocks, the
-sets dealt to the heads in turn, a fit per head: an ensemble diverse by input, not only by seed).
+average and max, 2 x 2048 features) or ``avg+rows`` (by average and by its top and bottom halves, 3 x 2048),
+and ``--head-blocks`` (each head on its own set of pooled blocks, the sets dealt to the heads in turn, a fit
+per head: an ensemble diverse by input, not only by seed). ``--mixup A`` trains every head on mixed rows.
 
 Every set of logits is then calibrated with each method (none, temperature, vector, matrix) fitted on
 the held-out pool, validation + the extra photos, nested: each extra fold and each fifth of validation
@@ -88,15 +89,28 @@ def score(name, seed, val_logits, extra_logits, val_y, extra_y, kids, extra_fold
     return rows
 
 
-def with_max_pool14(tail):
-    """The recipe's tail (train.block14.build_tail) with block 14's map also max-pooled, after the rest."""
+def with_pool14(tail, kind: str):
+    """The recipe's tail (train.block14.build_tail) with block 14's map pooled once more, after the rest:
+    ``avg+max`` by its maximum (a garment's most telling patch); ``avg+rows`` by its top and bottom halves
+    (overlapping by the middle row), which keeps where the garment's mass sits that a whole-photo average
+    loses (a dress runs the photo's length, a top does not) and stays the same under a left-right flip."""
     import keras
     from keras import layers
 
     block14_map = tail.get_layer("pool_block14").input
-    pooled_max = layers.GlobalMaxPooling2D(name="max_block14")(block14_map)
-    features = layers.Concatenate(name="features_avg_max")([tail.output, pooled_max])
-    return keras.Model(tail.inputs, features, name="block14_tail_avg_max")
+    if kind == "avg+max":
+        extra = layers.GlobalMaxPooling2D(name="max_block14")(block14_map)
+    elif kind == "avg+rows":
+        height, width = block14_map.shape[1], block14_map.shape[2]
+        half = height // 2 + 1
+        halves = layers.AveragePooling2D((half, width), strides=(height - half, 1), name="rows_block14")(
+            block14_map
+        )
+        extra = layers.Flatten(name="rows_block14_flat")(halves)
+    else:
+        raise ValueError(f"unknown block 14 pooling {kind!r}")
+    features = layers.Concatenate(name=f"features_{kind.replace('+', '_')}")([tail.output, extra])
+    return keras.Model(tail.inputs, features, name=f"block14_tail_{kind.replace('+', '_')}")
 
 
 def grouped_cv(config, x, y, extra_x, extra_y, val_x, extra_folds, weight, num_classes):
@@ -206,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weight-decay", type=float, default=TrainConfig.weight_decay, help="AdamW weight decay (0: Adam)"
     )
+    parser.add_argument("--mixup", type=float, default=TrainConfig.mixup, help="heads' mixup alpha (0: off)")
     parser.add_argument(
         "--dense-units", type=int, default=TrainConfig.dense_units, help="the heads' hidden units (0: linear)"
     )
     parser.add_argument(
-        "--pool14", choices=("avg", "avg+max"), default="avg", help="block 14's pooling (avg: the recipe)"
+        "--pool14",
+        choices=("avg", "avg+max", "avg+rows"),
+        default="avg",
+        help="block 14's pooling (avg: the recipe)",
     )
     parser.add_argument(
         "--head-blocks",
@@ -251,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             dropout=args.dropout,
             dense_units=args.dense_units,
             weight_decay=args.weight_decay,
+            mixup=args.mixup,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -285,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     layers14 = block_layers(base, LAST_BLOCK)
     imagenet14 = [layer.get_weights() for layer in layers14]
     tail = build_tail(layers14, map_shape, train.pooled.shape[1], config.blocks)
-    if args.pool14 == "avg+max":
-        tail = with_max_pool14(tail)
+    if args.pool14 != "avg":
+        tail = with_pool14(tail, args.pool14)
     frozen = {name: s.features(tail) for name, s in (("train", train), ("val", val), ("extra", extra))}
     rows: list[dict] = []
     tuning: list[dict] = []
@@ -300,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         changed.append(f"{args.dense_units} hidden units" if args.dense_units else "linear")
     if args.weight_decay != TrainConfig.weight_decay:
         changed.append(f"weight decay {args.weight_decay:g}")
+    if args.mixup != TrainConfig.mixup:
+        changed.append(f"mixup {args.mixup:g}")
     if args.epochs != TrainConfig.epochs:
         changed.append(f"{args.epochs} epochs")
     if args.pool14 != "avg":

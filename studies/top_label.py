@@ -86,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         by_config.setdefault(run["config"], []).append(
             {"seed": run["seed"], **compare(run, labels, chunks, n_val)}
         )
+    print(table(by_config))
+    if args.against:
+        if args.against not in by_config:
+            raise SystemExit(f"--against {args.against!r} is none of: {', '.join(by_config)}")
+        print()
+        print(paired(by_config, args.against))
+    return 0
+
+
+def table(by_config: dict[str, list[dict]]) -> str:
+    """One markdown row per configuration: mean (range over seeds) of every figure ``compare`` gives."""
     columns = {
         "top1": "top-1",
         "temperature_ece": "temperature: ECE",
@@ -95,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         "top_label_cov70": "top-label Platt, nested: 70%",
         "answers_changed": "answers changed",
     }
-    print("| configuration | seeds | " + " | ".join(columns.values()) + " |")
-    print("|---|---:|" + "---:|" * len(columns))
+    lines = [
+        "| configuration | seeds | " + " | ".join(columns.values()) + " |",
+        "|---|---:|" + "---:|" * len(columns),
+    ]
     for config, rows in by_config.items():
         cells = []
         for key in columns:
@@ -108,13 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{scale * values.mean():.{digits}f}{unit} ({scale * values.min():.{digits}f}-"
                 f"{scale * values.max():.{digits}f})"
             )
-        print(f"| {config} | {len(rows)} | " + " | ".join(cells) + " |")
-    if args.against:
-        if args.against not in by_config:
-            raise SystemExit(f"--against {args.against!r} is none of: {', '.join(by_config)}")
-        print()
-        print(paired(by_config, args.against))
-    return 0
+        lines.append(f"| {config} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # What a paired table compares, and which way is better: (column, key, scale, unit, higher is better).

@@ -130,6 +130,11 @@ class TrainConfig:
     dropout: float = option(0.5, "dropout after the hidden layer (and on the features when 0 dense units)")
     label_smoothing: float = option(0.0, "CategoricalCrossentropy label smoothing")
     weight_decay: float = option(0.0, "AdamW decoupled weight decay; 0 = plain Adam")
+    # 0: over three paired seeds mixup 0.4 gave one head +3.7 points on the extra photos but the 5-head recipe
+    # with the extra photos -0.8 and ECE +0.019 (docs/lab/calibration.md).
+    mixup: float = option(
+        0.0, "mixup of the heads' training rows: Beta(a, a) mixing weights (train/mixup.py); 0 = off"
+    )
     seed: int = option(42, "python / numpy / keras seeds and the random augmentation views")
     feature_backend: str = option(
         "litert",
@@ -178,6 +183,8 @@ class TrainConfig:
             raise ValueError(
                 f"feature_backend must be one of {FEATURE_BACKENDS}, got {self.feature_backend!r}"
             )
+        if self.mixup < 0:
+            raise ValueError(f"mixup must be 0 (off) or positive, got {self.mixup}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.limit_per_class is not None and self.limit_per_class < 1:

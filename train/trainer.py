@@ -55,6 +55,7 @@ from train.features import (
 )
 from train.folds import contributors_and_kids, grouped_folds
 from train.heldout import HeldOut
+from train.mixup import MixedBatches
 from train.model import HeadLayers, build_full_model
 
 # Largest |full model logits - head(cached features)| accepted as "the same model" (float32 noise).
@@ -355,16 +356,21 @@ def fit_heads(
     if validation is not None:
         val_x, val_y = validation
         keep = KeepBest(lambda m: accuracy_and_loss(mean_logits(m, val_x), val_y))
-    history = model.fit(
-        x,
-        targets if count == 1 else [targets] * count,
-        sample_weight=sample_weight,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        shuffle=True,
-        callbacks=[keep] if keep is not None else [],
-        verbose=0,
-    )
+    callbacks = [keep] if keep is not None else []
+    if config.mixup > 0:
+        batches = MixedBatches(x, targets, sample_weight, config.batch_size, config.mixup, config.seed, count)
+        history = model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    else:
+        history = model.fit(
+            x,
+            targets if count == 1 else [targets] * count,
+            sample_weight=sample_weight,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            shuffle=True,
+            callbacks=callbacks,
+            verbose=0,
+        )
     record = {"loss": [float(v) for v in history.history["loss"]]}
     if keep is not None:
         record["val_accuracy"] = [a for a, _ in keep.scores]
