@@ -23,7 +23,6 @@ nested top-label map, the 70% most confident) and paired seed by seed with the u
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -33,8 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from studies.top_label import compare, merged, paired, table  # noqa: E402
-from train.calibration import interleaved_folds  # noqa: E402
+from studies.top_label import compare, paired, read_logits, table  # noqa: E402
 
 TAUS = (0.25, 0.5, 1.0)
 GRID = np.round(np.arange(0.0, 1.51, 0.1), 2)
@@ -86,14 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    saved = merged([json.loads(path.read_text(encoding="utf-8")) for path in args.logits])
+    saved, labels, chunks, n_val = read_logits(args.logits)
+    extra_y, folds = labels[n_val:], [np.asarray(fold) for fold in saved["extra_folds"]]
     num_classes = len(dataset.class_names)
     train_counts = np.bincount(dataset.splits["train"].labels, minlength=num_classes).astype(np.float64)
-    val_y, extra_y = np.asarray(saved["labels"]["validation"]), np.asarray(saved["labels"]["extra"])
-    folds = [np.asarray(fold) for fold in saved["extra_folds"]]
-    n_val = len(val_y)
-    chunks = interleaved_folds(n_val, len(folds)) + [fold + n_val for fold in folds]
-    labels = np.concatenate([val_y, extra_y])
     by_config: dict[str, list[dict]] = {}
     for run in saved["runs"]:
         if args.config and run["config"] != args.config:

@@ -68,6 +68,18 @@ def merged(files: list[dict]) -> dict:
     return {**first, "runs": list(runs.values())}
 
 
+def read_logits(paths: list[Path]) -> tuple[dict, np.ndarray, list[np.ndarray], int]:
+    """Saved studies as one (``merged``), every held-out label (validation, then the extra photos), the
+    chunks the nested calibration holds out in turn (fifths of validation, then the extra folds, as row
+    numbers of those labels) and the number of validation rows."""
+    saved = merged([json.loads(path.read_text(encoding="utf-8")) for path in paths])
+    val_y, extra_y = np.asarray(saved["labels"]["validation"]), np.asarray(saved["labels"]["extra"])
+    folds = [np.asarray(fold) for fold in saved["extra_folds"]]
+    n_val = len(val_y)
+    chunks = interleaved_folds(n_val, len(folds)) + [fold + n_val for fold in folds]
+    return saved, np.concatenate([val_y, extra_y]), chunks, n_val
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.top_label", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -75,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--against", help="a configuration to pair every other one with, seed by seed")
     args = parser.parse_args(argv)
-    saved = merged([json.loads(path.read_text(encoding="utf-8")) for path in args.logits])
-    val_y, extra_y = np.asarray(saved["labels"]["validation"]), np.asarray(saved["labels"]["extra"])
-    folds = [np.asarray(fold) for fold in saved["extra_folds"]]
-    n_val = len(val_y)
-    chunks = interleaved_folds(n_val, len(folds)) + [fold + n_val for fold in folds]
-    labels = np.concatenate([val_y, extra_y])
+    saved, labels, chunks, n_val = read_logits(args.logits)
     by_config: dict[str, list[dict]] = {}
     for run in saved["runs"]:
         by_config.setdefault(run["config"], []).append(
