@@ -48,13 +48,13 @@ def fold_priors(train_counts: np.ndarray, extra_y: np.ndarray, folds: list[np.nd
     return priors
 
 
-def adjusted(run: dict, folds, priors, taus: list[float]) -> dict:
-    """The run with each extra fold's logits minus ``taus[k] * log(priors[k])``; validation uses fold 0's
-    prior (its heads) and ``taus[-1]`` (the tau for all the extra photos, last in the list)."""
+def adjusted(run: dict, folds, priors, fold_taus: list[float], validation_tau: float) -> dict:
+    """The run with each extra fold's logits minus ``fold_taus[k] * log(priors[k])``, and validation's minus
+    ``validation_tau * log(priors[0])`` (its logits come from the first fold's heads)."""
     extra = np.array(run["extra"], dtype=np.float64)
-    for held, prior, tau in zip(folds, priors, taus, strict=False):
+    for held, prior, tau in zip(folds, priors, fold_taus, strict=True):
         extra[held] -= tau * np.log(prior)
-    validation = np.asarray(run["validation"]) - taus[-1] * np.log(priors[0])
+    validation = np.asarray(run["validation"]) - validation_tau * np.log(priors[0])
     return {**run, "extra": extra.tolist(), "validation": validation.tolist()}
 
 
@@ -97,14 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         priors = fold_priors(train_counts, extra_y, folds, weight)
         variants = {run["config"]: run}
         for tau in TAUS:
-            variants[f"{run['config']}, tau {tau:g}"] = adjusted(run, folds, priors, [tau] * len(folds))
+            variants[f"{run['config']}, tau {tau:g}"] = adjusted(run, folds, priors, [tau] * len(folds), tau)
         everything = np.arange(len(extra_y))
         nested = [best_tau(run, folds, priors, extra_y, np.setdiff1d(everything, held)) for held in folds]
-        nested.append(best_tau(run, folds, priors, extra_y, everything))
-        variants[f"{run['config']}, tau nested"] = adjusted(run, folds, priors, nested)
-        print(
-            f"{run['config']} seed {run['seed']}: nested taus {nested[:-1]}, on all extra photos {nested[-1]}"
-        )
+        on_all = best_tau(run, folds, priors, extra_y, everything)
+        variants[f"{run['config']}, tau nested"] = adjusted(run, folds, priors, nested, on_all)
+        print(f"{run['config']} seed {run['seed']}: nested taus {nested}, on all extra photos {on_all}")
         for name, logits in variants.items():
             by_config.setdefault(name, []).append(
                 {"seed": run["seed"], **compare(logits, labels, chunks, n_val)}

@@ -7,8 +7,9 @@ over-confidence issue 19 is about. It costs nothing at inference; head training 
 (batches are mixed in Python).
 
 Off by default. Measured over three paired seeds on other contributors' photos (docs/lab/calibration.md):
-one head gains 3.7 points of top-1 (as much as five plain heads), but the recipe (five heads with the extra
-photos) loses 0.8 and calibrates worse (ECE +0.019): a lever for a single-head recipe, not for the bundle's.
+one head gains 3.7 points of top-1 (within half a point of five plain heads), but the recipe (five heads
+with the extra photos) loses 0.8 and calibrates worse (ECE +0.019): a lever for a single-head recipe, not
+for the bundle's.
 """
 
 from __future__ import annotations

@@ -29,11 +29,11 @@ def test_a_prior_in_the_logits_is_taken_out_by_tau_one_and_tau_is_chosen_on_the_
     tau = prior_shift.best_tau(run, FOLDS, priors, EXTRA_Y, FOLDS[1])
     # The signal (1.5) beats the prior's pull (1 - tau) * log 8 from tau > 0.28 on: the grid's smallest such.
     assert tau == 0.3
-    fixed = prior_shift.adjusted(run, FOLDS, priors, [1.0, 1.0])
+    fixed = prior_shift.adjusted(run, FOLDS, priors, [1.0, 1.0], 1.0)
     np.testing.assert_allclose(fixed["extra"], signal, atol=1e-12)
     np.testing.assert_allclose(fixed["validation"], 0.0, atol=1e-12)
     # Only the fold named gets its tau: fold 0 left as trained, fold 1 adjusted.
-    half = np.asarray(prior_shift.adjusted(run, FOLDS, priors, [0.0, 1.0, 0.0])["extra"])
+    half = np.asarray(prior_shift.adjusted(run, FOLDS, priors, [0.0, 1.0], 0.0)["extra"])
     np.testing.assert_allclose(half[FOLDS[0]], np.asarray(run["extra"])[FOLDS[0]])
     np.testing.assert_allclose(half[FOLDS[1]], signal[FOLDS[1]], atol=1e-12)
 
