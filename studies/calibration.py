@@ -16,6 +16,8 @@ Two variants of the heads' input, on the frozen block 14 only: ``--pool14 avg+ma
 average and max, 2 x 2048 features) or ``avg+rows`` (by average and by its top and bottom halves, 3 x 2048),
 and ``--head-blocks`` (each head on its own set of pooled blocks, the sets dealt to the heads in turn, a fit
 per head: an ensemble diverse by input, not only by seed). ``--mixup A`` trains every head on mixed rows.
+``--signed-sqrt`` feeds the heads sign(x) sqrt(|x|) of every feature (power normalization) and ``--block-l2``
+each pooled block divided by its length on that photo, both before the heads' standardization.
 
 Every set of logits is then calibrated with each method (none, temperature, vector, matrix) fitted on
 the held-out pool, validation + the extra photos, nested: each extra fold and each fifth of validation
@@ -111,6 +113,22 @@ def with_pool14(tail, kind: str):
         raise ValueError(f"unknown block 14 pooling {kind!r}")
     features = layers.Concatenate(name=f"features_{kind.replace('+', '_')}")([tail.output, extra])
     return keras.Model(tail.inputs, features, name=f"block14_tail_{kind.replace('+', '_')}")
+
+
+def block_l2(features: np.ndarray, widths: dict[int, int]) -> np.ndarray:
+    """Each block's columns (``widths``, the [11, 12, 13, 14] layout) divided by their L2 norm on that
+    photo: a dim, flat or low-contrast photo lowers every activation of a block together, and this keeps
+    the pattern across channels and drops the overall level. C order and the input's dtype."""
+    out = np.empty_like(features)
+    at = 0
+    for width in widths.values():
+        part = features[:, at : at + width].astype(np.float64)
+        norms = np.linalg.norm(part, axis=1, keepdims=True)
+        out[:, at : at + width] = part / np.maximum(norms, 1e-12)
+        at += width
+    if at != features.shape[1]:
+        raise ValueError(f"block widths add up to {at}, the features have {features.shape[1]} columns")
+    return np.ascontiguousarray(out)
 
 
 def grouped_cv(config, x, y, extra_x, extra_y, val_x, extra_folds, weight, num_classes):
@@ -231,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         help="block 14's pooling (avg: the recipe)",
     )
     parser.add_argument(
+        "--signed-sqrt", action="store_true", help="heads on sign(x) sqrt(|x|) of the features"
+    )
+    parser.add_argument(
+        "--block-l2", action="store_true", help="heads on each pooled block divided by its L2 norm"
+    )
+    parser.add_argument(
         "--head-blocks",
         default="",
         help="';'-separated block sets dealt to the heads in turn, e.g. '11,12,13,14;12,13,14;13,14'",
@@ -252,9 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         head_blocks = [
             parse_blocks(text, "--head-blocks") for text in args.head_blocks.split(";") if text.strip()
         ]
-        if (head_blocks or args.pool14 != "avg") and args.tune_epochs > 0:
+        if args.block_l2 and args.pool14 != "avg":
+            raise ValueError("--block-l2 knows the blocks of --pool14 avg only")
+        frozen_only = head_blocks or args.pool14 != "avg" or args.signed_sqrt or args.block_l2
+        if frozen_only and args.tune_epochs > 0:
             raise ValueError(
-                "--pool14 and --head-blocks are studied on the frozen block 14: add --tune-epochs 0"
+                "--pool14, --head-blocks, --signed-sqrt and --block-l2 are studied on the frozen block 14: "
+                "add --tune-epochs 0"
             )
         config = TrainConfig(
             data_dir=args.data_dir,
@@ -280,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.data import DataError, discover, discover_folder
     from train.features import WeightsError, xception_base
     from train.folds import contributors_and_kids, grouped_folds
+    from train.model import signed_sqrt_of
     from train.trainer import EXTRA_SPLIT, fit_heads, head_seeds, map_store, tune_block14_on_train
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool14 != "avg":
         tail = with_pool14(tail, args.pool14)
     frozen = {name: s.features(tail) for name, s in (("train", train), ("val", val), ("extra", extra))}
+    if args.signed_sqrt:
+        frozen = {name: signed_sqrt_of(f) for name, f in frozen.items()}
+    if args.block_l2:
+        frozen = {name: block_l2(f, block_widths(tail, train)) for name, f in frozen.items()}
     rows: list[dict] = []
     tuning: list[dict] = []
     logits: list[dict] = []  # every configuration's held-out logits, for later calibration studies
@@ -325,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         changed.append(f"{args.epochs} epochs")
     if args.pool14 != "avg":
         changed.append(f"block 14 {args.pool14}")
+    if args.signed_sqrt:
+        changed.append("signed sqrt")
+    if args.block_l2:
+        changed.append("blocks L2-normalized")
     if head_blocks:
         changed.append("heads on blocks " + " / ".join(",".join(map(str, b)) for b in head_blocks))
     variant = f" ({', '.join(changed)})" if changed else ""

@@ -8,7 +8,10 @@ compares, per configuration and seed (extra photos, contributor-grouped folds):
 * the nested temperature of ``make train`` (each fold calibrated by a map fitted on the other rows);
 * the ranking of T = 1, which any increasing map of the top score keeps (a "top-label" calibration);
 * such a map: Platt scaling of the top score's log-odds (``train.calibration``'s ``top-label`` map, 2
-  numbers, nested the same way), its ECE, and how many answers it changed (none: it floors the top logit).
+  numbers, nested the same way), its ECE, and how many answers it changed (none: it floors the top logit);
+* the ECE that a perfectly calibrated model with that map's top scores would show on these photos (mean and
+  90th percentile of simulated label draws, ``train.calibration.ece_if_calibrated``): on ~200 photos ECE
+  is far from 0 even for honest scores, and a measured one is judged against that spread.
 
     python -m studies.top_label artifacts/study_onemap/study_calibration_logits.json [MORE.json ...]
 
@@ -32,7 +35,13 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from lambda_function.classifier import softmax  # noqa: E402
-from train.calibration import coverage_accuracy, cross_calibrated, ece, interleaved_folds  # noqa: E402
+from train.calibration import (  # noqa: E402
+    coverage_accuracy,
+    cross_calibrated,
+    ece,
+    ece_if_calibrated,
+    interleaved_folds,
+)
 
 COVERAGE = 0.7
 
@@ -44,6 +53,7 @@ def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int)
     temperature = cross_calibrated("temperature", logits, labels, chunks)[n_val:]
     # Nested like the temperature: each fold's map differs, which can reorder photos across folds.
     top = cross_calibrated("top-label", logits, labels, chunks)[n_val:]
+    floor = ece_if_calibrated(top.max(axis=1))
     return {
         "top1": float((raw[n_val:].argmax(axis=1) == extra_y).mean()),
         "temperature_ece": ece(temperature, extra_y),
@@ -51,6 +61,8 @@ def compare(run: dict, labels: np.ndarray, chunks: list[np.ndarray], n_val: int)
         "t1_cov70": coverage_accuracy(raw[n_val:], extra_y, COVERAGE),
         "top_label_ece": ece(top, extra_y),
         "top_label_cov70": coverage_accuracy(top, extra_y, COVERAGE),
+        "ece_if_calibrated": float(floor.mean()),
+        "ece_if_calibrated_p90": float(np.quantile(floor, 0.9)),
         "answers_changed": int((top.argmax(axis=1) != raw[n_val:].argmax(axis=1)).sum()),
     }
 
@@ -111,6 +123,8 @@ def table(by_config: dict[str, list[dict]]) -> str:
         "t1_cov70": "T = 1 (any one increasing map): 70%",
         "top_label_ece": "top-label Platt: ECE",
         "top_label_cov70": "top-label Platt, nested: 70%",
+        "ece_if_calibrated": "ECE a calibrated model would show: mean",
+        "ece_if_calibrated_p90": "90th percentile",
         "answers_changed": "answers changed",
     }
     lines = [
@@ -121,7 +135,7 @@ def table(by_config: dict[str, list[dict]]) -> str:
         cells = []
         for key in columns:
             values = np.array([row[key] for row in rows])
-            scale, unit, digits = (1, "", 3) if key.endswith("ece") else (100, "%", 1)
+            scale, unit, digits = (1, "", 3) if "ece" in key else (100, "%", 1)
             if key == "answers_changed":
                 scale, unit, digits = 1, "", 0
             cells.append(

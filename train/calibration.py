@@ -253,6 +253,23 @@ def score_ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS)
     return float(total)
 
 
+ECE_FLOOR_DRAWS = 2000  # simulated label draws behind ece_if_calibrated: its mean moves by < 0.001
+
+
+def ece_if_calibrated(
+    confidence: np.ndarray, draws: int = ECE_FLOOR_DRAWS, seed: int = 0, bins: int = ECE_BINS
+) -> np.ndarray:
+    """The ECE a perfectly calibrated model would show with these top-1 scores on this many photos:
+    ``draws`` values, each with every photo right with probability its score. ECE is never below zero,
+    so on a couple of hundred photos it is well above zero even for honest scores; a measured ECE is
+    judged against this spread, not against 0."""
+    confidence = np.asarray(confidence, np.float64)
+    rng = np.random.default_rng(seed)
+    return np.array(
+        [score_ece(confidence, rng.random(len(confidence)) < confidence, bins) for _ in range(draws)]
+    )
+
+
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     """Multi-class Brier score: the mean over photos of sum_k (p_k - [k is the true class])^2
     (0 best, 2 worst)."""

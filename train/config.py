@@ -82,6 +82,9 @@ class TrainConfig:
         None, "a folder of more LABEL/IMAGE photos to train on (as the extra dataset)"
     )
     pooled_blocks: str = option("11,12,13,14", "Xception blocks (2-14) whose pooled outputs are concatenated")
+    signed_sqrt: bool = option(
+        False, "heads on sign(x) sqrt(|x|) of each pooled feature (power normalization, inside the model)"
+    )
     standardize: bool = option(True, "scale each feature to zero mean, unit variance (inside the head)")
     train_views: int = option(1, "views per image: 1 = the image, 2 = + h-flip, 3.. = + random views")
     view_style: str = option(

@@ -9,6 +9,30 @@ from keras import layers
 from train.calibration import TOP_LABEL_MARGIN, Calibrator
 
 
+def signed_sqrt_of(features: np.ndarray) -> np.ndarray:
+    """Power normalization, sign(x) sqrt(|x|), in numpy: what :class:`SignedSqrt` does in the graph, for
+    fitting the standardization on the features the heads will see. C order and the input's dtype."""
+    features = np.asarray(features)
+    out = np.sqrt(np.maximum(features, 0)) - np.sqrt(np.maximum(-features, 0))
+    return np.ascontiguousarray(out, dtype=features.dtype)
+
+
+@keras.saving.register_keras_serializable(package="edge_clothing_classifier")
+class SignedSqrt(layers.Layer):
+    """sign(x) sqrt(|x|) of every pooled feature (power normalization; ``--signed-sqrt``). Pooled activations
+    are heavy-tailed: a few channels fire hard on one photo's background or light, and the square root
+    shrinks those bursts more than the common values. Written as sqrt(relu(x)) - sqrt(relu(-x)): plain
+    ops in TFLite and ONNX, exact at 0 and in float16, where x / sqrt(|x| + eps) would need an eps that
+    float16 flushes to zero."""
+
+    def call(self, features):
+        ops = keras.ops
+        return ops.sqrt(ops.relu(features)) - ops.sqrt(ops.relu(-features))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
 def build_head(
     num_features: int,
     num_classes: int,
@@ -34,12 +58,12 @@ class HeadLayers:
     """The layers of ``len(seeds)`` heads on the same pooled features, built once and applied wherever
     they are needed: to a features input for training, to the extractor's output in the saved model.
 
-    features [-> standardize] -> per seed: Dense(dense_units, relu) -> Dropout -> Dense(classes) logits;
-    the heads' logits are averaged (the ensemble: a geometric mean of their probabilities), then the
-    calibration map, when one is set (train/calibration.py), gives the model's output logits.
-    Each head has its own seeded initialisation and dropout; they train side by side, each on its own
-    loss (:meth:`training_model`), so they are as independent as separately trained heads, for the
-    price of one training loop. A single head keeps the layer names of the one-head recipe.
+    features [-> signed sqrt] [-> standardize] -> per seed: Dense(dense_units, relu) -> Dropout ->
+    Dense(classes) logits; the heads' logits are averaged (the ensemble: a geometric mean of their
+    probabilities), then the calibration map, when one is set (train/calibration.py), gives the model's
+    output logits. Each head has its own seeded initialisation and dropout; they train side by side, each on
+    its own loss (:meth:`training_model`), so they are as independent as separately trained heads, for
+    the price of one training loop. A single head keeps the layer names of the one-head recipe.
     """
 
     def __init__(
@@ -50,14 +74,17 @@ class HeadLayers:
         dense_units: int = 100,
         dropout: float = 0.5,
         standardize_on: np.ndarray | None = None,
+        signed_sqrt: bool = False,
     ):
         if not seeds:
             raise ValueError("an ensemble needs at least one head")
         self.num_features, self.num_classes = num_features, num_classes
+        self.power = SignedSqrt(name="signed_sqrt") if signed_sqrt else None
         self.standardize = None
         if standardize_on is not None:
             self.standardize = layers.Normalization(name="standardize")
-            self.standardize.adapt(standardize_on)
+            # Fitted on what it will see: the features after the square root, when the heads take one.
+            self.standardize.adapt(signed_sqrt_of(standardize_on) if signed_sqrt else standardize_on)
         self.heads = [self._head(i, seed, len(seeds), dense_units, dropout) for i, seed in enumerate(seeds)]
         self.calibration: layers.Layer | None = None
         self.calibrator = Calibrator()
@@ -88,7 +115,8 @@ class HeadLayers:
 
     def each(self, features) -> list:
         """Every head's logits for a features tensor."""
-        x = self.standardize(features) if self.standardize is not None else features
+        x = self.power(features) if self.power is not None else features
+        x = self.standardize(x) if self.standardize is not None else x
         outputs = []
         for chain in self.heads:
             y = x

@@ -311,6 +311,7 @@ def compiled_heads(
         config.dense_units,
         config.dropout,
         standardize_on=features if config.standardize else None,
+        signed_sqrt=config.signed_sqrt,
     )
     model = heads.training_model()
     if config.weight_decay > 0:

@@ -1,7 +1,8 @@
 """An ensemble of heads with its calibration layer, through every export (issue 19), on a tiny model:
 Keras, TFLite (fp32, float16, dynamic, int8), ONNX (fp32, int8) and the on-device file give the same
 calibrated probabilities within each variant's tolerance, and the sidecars record the calibration. Once
-with a temperature (a Rescaling layer) and once with the top-label map (its own layer of exp, log, max)."""
+with a temperature (a Rescaling layer), once with the top-label map (its own layer of exp, log, max), and once
+with the top-label map over heads that take the features' signed square root (``--signed-sqrt``)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ CALIBRATORS = {
     "temperature": Calibrator("temperature", scale=1 / TEMPERATURE),
     "top-label": Calibrator("top-label", scale=0.15, offset=-0.3),
 }
+SIGNED_SQRT = "top-label, signed sqrt"  # heads on sign(x) sqrt(|x|) of features with both signs
+CALIBRATORS[SIGNED_SQRT] = CALIBRATORS["top-label"]
 SEEDS = (1, 1001, 2001)
 
 
@@ -50,13 +53,19 @@ def calibrated(tmp_path_factory, data_dir, method):  # noqa: F811 - the imported
     """(model.keras path, the same layers without calibration as a Keras model): a tiny CNN, three heads
     trained side by side, their mean logits through ``method``'s map inside the graph."""
     keras.utils.set_random_seed(0)
+    signed_sqrt = method == SIGNED_SQRT
     inputs = keras.Input((*SIZE, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    # Without a ReLU the pooled features take both signs, as Xception's pooled residual blocks do.
+    x = keras.layers.Conv2D(8, 3, activation=None if signed_sqrt else "relu")(x)
     extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
     pixels, targets = _pixels(data_dir, "train")
     features = np.asarray(extractor(pixels))
-    heads = HeadLayers(8, len(LABELS), SEEDS, dense_units=6, dropout=0.0, standardize_on=features)
+    if signed_sqrt:
+        assert (features < 0).any() and (features > 0).any()
+    heads = HeadLayers(
+        8, len(LABELS), SEEDS, dense_units=6, dropout=0.0, standardize_on=features, signed_sqrt=signed_sqrt
+    )
     trainer = heads.training_model()
     trainer.compile(
         keras.optimizers.Adam(0.05), [keras.losses.SparseCategoricalCrossentropy(from_logits=True)] * 3
@@ -100,6 +109,7 @@ def test_the_saved_model_maps_the_mean_of_its_heads_as_the_calibrator_does(calib
     model = keras.saving.load_model(path)
     names = [layer.name for layer in model.layers]
     assert {"ensemble", "calibration", "logits_1", "logits_3"} <= set(names) and names[-1] == "calibration"
+    assert ("signed_sqrt" in names) == (method == SIGNED_SQRT)
     pixels, _ = _pixels(data_dir, "test")
     raw = np.asarray(uncalibrated(pixels))
     served = np.asarray(model(pixels))
@@ -178,12 +188,25 @@ def _run_on_rows(path, rows: np.ndarray) -> np.ndarray:
     return np.array(outputs)
 
 
-def test_the_top_label_layer_alone_keeps_sure_photos_finite_in_every_float_export(tmp_path):
-    """Logits as sure as the real model's shoes (gaps past float32's exp range): float16 exports store
-    every constant in float16, where a tiny floor such as 1e-30 becomes 0 and log(0) gave NaN."""
+def _float_exports(model, folder) -> dict:
+    """``model`` as fp32, float16 and dynamic-range TFLite files and an fp32 ONNX file in ``folder``."""
     from convert.onnx import to_onnx_fp32
     from convert.savedmodel import export_saved_model
     from convert.tflite import convert_dynamic, convert_float16, convert_fp32
+
+    saved = export_saved_model(model, folder / "saved_model")
+    files = {}
+    for name, make in (("fp32", convert_fp32), ("float16", convert_float16), ("dynamic", convert_dynamic)):
+        files[name] = folder / f"{name}.tflite"
+        files[name].write_bytes(make(saved)[0])
+    files["onnx"] = folder / "model.onnx"
+    to_onnx_fp32(saved, files["onnx"])
+    return files
+
+
+def test_the_top_label_layer_alone_keeps_sure_photos_finite_in_every_float_export(tmp_path):
+    """Logits as sure as the real model's shoes (gaps past float32's exp range): float16 exports store
+    every constant in float16, where a tiny floor such as 1e-30 becomes 0 and log(0) gave NaN."""
     from train.calibration import top_label
     from train.model import TopLabelCalibration
 
@@ -196,15 +219,28 @@ def test_the_top_label_layer_alone_keeps_sure_photos_finite_in_every_float_expor
         dtype=np.float32,
     )
     wanted = softmax(top_label(logits, slope, offset))
-    saved = export_saved_model(model, tmp_path / "saved_model")
-    files = {}
-    for name, make in (("fp32", convert_fp32), ("float16", convert_float16), ("dynamic", convert_dynamic)):
-        files[name] = tmp_path / f"{name}.tflite"
-        files[name].write_bytes(make(saved)[0])
-    files["onnx"] = tmp_path / "model.onnx"
-    to_onnx_fp32(saved, files["onnx"])
+    files = _float_exports(model, tmp_path)
     for name, path in files.items():
         got = softmax(_run_on_rows(path, logits))
         assert np.isfinite(got).all(), name
         np.testing.assert_allclose(got, wanted, atol=1e-3, err_msg=name)
         assert (got.argmax(axis=1) == logits.argmax(axis=1)).all(), name
+
+
+def test_the_signed_sqrt_layer_alone_is_exact_at_zero_and_both_signs_in_every_float_export(tmp_path):
+    """sign(x) sqrt(|x|) through fp32, float16, dynamic-range TFLite and ONNX: no NaN at 0 (float16 has no
+    room for an eps under a square root), the negative branch kept, large pooled values too."""
+    from train.model import SignedSqrt, signed_sqrt_of
+
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, SignedSqrt()(keras.layers.Dense(5)(inputs)))
+    model.layers[1].set_weights([np.eye(5, dtype=np.float32), np.zeros(5, np.float32)])  # rows in = out
+    rows = np.array([[0.0, 4.0, -9.0, 1e-8, -1e-8], [400.0, -0.25, 2.0, -16.0, 0.0]], dtype=np.float32)
+    wanted = signed_sqrt_of(rows)
+    np.testing.assert_allclose(wanted, [[0, 2, -3, 1e-4, -1e-4], [20, -0.5, np.sqrt(2), -4, 0]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(model(rows)), wanted, rtol=1e-6)
+    files = _float_exports(model, tmp_path)
+    for name, path in files.items():
+        got = _run_on_rows(path, rows)
+        assert np.isfinite(got).all(), name
+        np.testing.assert_allclose(got, wanted, rtol=1e-2, atol=1e-3, err_msg=name)

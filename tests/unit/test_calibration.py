@@ -15,6 +15,7 @@ from train.calibration import (
     coverage_curve,
     cross_calibrated,
     ece,
+    ece_if_calibrated,
     fit,
     interleaved_folds,
     nll,
@@ -44,6 +45,21 @@ def test_ece_by_hand():
     # One photo scored 0.6 and right is 0.4 off; scored 0.6 and wrong, 0.6 off.
     assert ece(np.array([[0.6, 0.4]]), np.array([0])) == pytest.approx(0.4)
     assert ece(np.array([[0.6, 0.4]]), np.array([1])) == pytest.approx(0.6)
+
+
+def test_ece_of_honest_scores_is_the_binomial_spread_of_one_bin():
+    # n photos all scored p sit in one bin; honest labels make its ECE |K/n - p| with K ~ Binomial(n, p).
+    from math import comb
+
+    n, p = 40, 0.8
+    exact = sum(comb(n, k) * p**k * (1 - p) ** (n - k) * abs(k / n - p) for k in range(n + 1))
+    floor = ece_if_calibrated(np.full(n, p), draws=20000)
+    assert floor.mean() == pytest.approx(exact, abs=0.002)  # 0.050: honest scores, far from 0
+    again = ece_if_calibrated(np.full(n, p), draws=20000)
+    assert np.array_equal(floor, again)  # seeded: the same figures every run
+    assert ece_if_calibrated(np.ones(25)).max() == 0.0  # sure and right every time
+    # More photos, a smaller floor (about 1 / sqrt(n)).
+    assert ece_if_calibrated(np.full(1000, p)).mean() < floor.mean() / 4
 
 
 def test_brier_top_k_and_coverage_by_hand():
