@@ -119,15 +119,16 @@ def block_l2(features: np.ndarray, widths: dict[int, int]) -> np.ndarray:
     """Each block's columns (``widths``, the [11, 12, 13, 14] layout) divided by their L2 norm on that
     photo: a dim, flat or low-contrast photo lowers every activation of a block together, and this keeps
     the pattern across channels and drops the overall level. C order and the input's dtype."""
+    from studies.block14 import columns
+
+    total = sum(widths.values())
+    if total != features.shape[1]:
+        raise ValueError(f"block widths add up to {total}, the features have {features.shape[1]} columns")
     out = np.empty_like(features)
-    at = 0
-    for width in widths.values():
-        part = features[:, at : at + width].astype(np.float64)
-        norms = np.linalg.norm(part, axis=1, keepdims=True)
-        out[:, at : at + width] = part / np.maximum(norms, 1e-12)
-        at += width
-    if at != features.shape[1]:
-        raise ValueError(f"block widths add up to {at}, the features have {features.shape[1]} columns")
+    for block in widths:
+        cols = columns((block,), widths)
+        part = features[:, cols].astype(np.float64)
+        out[:, cols] = part / np.maximum(np.linalg.norm(part, axis=1, keepdims=True), 1e-12)
     return np.ascontiguousarray(out)
 
 
@@ -338,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     frozen = {name: s.features(tail) for name, s in (("train", train), ("val", val), ("extra", extra))}
     if args.signed_sqrt:
         frozen = {name: signed_sqrt_of(f) for name, f in frozen.items()}
+    widths = block_widths(tail, train)
     if args.block_l2:
-        frozen = {name: block_l2(f, block_widths(tail, train)) for name, f in frozen.items()}
+        frozen = {name: block_l2(f, widths) for name, f in frozen.items()}
     rows: list[dict] = []
     tuning: list[dict] = []
     logits: list[dict] = []  # every configuration's held-out logits, for later calibration studies
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if head_blocks:
         changed.append("heads on blocks " + " / ".join(",".join(map(str, b)) for b in head_blocks))
     variant = f" ({', '.join(changed)})" if changed else ""
-    head_columns = [columns(blocks, block_widths(tail, train)) for blocks in head_blocks]
+    head_columns = [columns(blocks, widths) for blocks in head_blocks]
 
     def by_head_blocks(fit, cfg, features):
         """``fit(cfg, features)``, or with --head-blocks one fit per head on its block set (seeded as that
