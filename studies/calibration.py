@@ -16,6 +16,7 @@ Two variants of the heads' input, on the frozen block 14 only: ``--pool14 avg+ma
 average and max, 2 x 2048 features) or ``avg+rows`` (by average and by its top and bottom halves, 3 x 2048),
 and ``--head-blocks`` (each head on its own set of pooled blocks, the sets dealt to the heads in turn, a fit
 per head: an ensemble diverse by input, not only by seed). ``--mixup A`` trains every head on mixed rows.
+``--resize crop|letterbox`` makes the photos square another way (features extracted again, cached apart).
 ``--signed-sqrt`` feeds the heads sign(x) sqrt(|x|) of every feature (power normalization) and ``--block-l2``
 each pooled block divided by its length on that photo, both before the heads' standardization.
 
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lambda_function.preprocess import RESIZE_MODES
 from train.calibration import METHODS, cross_calibrated, summary
 from train.config import TrainConfig, parse_blocks
 
@@ -227,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         "--cache-dir", type=Path, default=None, help="training feature cache (default OUTPUT/cache)"
     )
     parser.add_argument("--image-size", type=int, default=TrainConfig.image_size)
+    parser.add_argument(
+        "--resize", choices=RESIZE_MODES, default=TrainConfig.resize, help="how photos are made square"
+    )
     parser.add_argument("--seeds", default="42,43,44,45,46", help="comma-separated seeds")
     parser.add_argument("--heads", type=int, default=5, help="heads in the ensemble")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="head epochs per fit")
@@ -290,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             output_dir=args.output_dir,
             weights=args.weights,
             image_size=args.image_size,
+            resize=args.resize,
             epochs=args.epochs,
             keep_best=False,
             heads=args.heads,
@@ -358,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         changed.append(f"mixup {args.mixup:g}")
     if args.epochs != TrainConfig.epochs:
         changed.append(f"{args.epochs} epochs")
+    if args.resize != TrainConfig.resize:
+        changed.append(f"{args.resize} resize")
     if args.pool14 != "avg":
         changed.append(f"block 14 {args.pool14}")
     if args.signed_sqrt:

@@ -32,3 +32,13 @@ def test_block_l2_gives_each_block_unit_length_on_every_photo():
     assert out.dtype == np.float32 and out.flags.c_contiguous
     with pytest.raises(ValueError, match="add up to 7"):
         calibration.block_l2(features, {11: 2, 12: 2, 13: 1, 14: 2})
+
+
+def test_resize_takes_the_modes_serving_knows(tmp_path, capsys):
+    none = str(tmp_path / "none")
+    argv = ["--data-dir", none, "--extra-dir", none, "--resize", "stretch"]
+    with pytest.raises(SystemExit) as exit_info:
+        calibration.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert all(mode in err for mode in ("squash", "letterbox", "crop"))
