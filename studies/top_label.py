@@ -54,8 +54,8 @@ from train.calibration import (  # noqa: E402
     ece_if_calibrated,
     interleaved_folds,
     nll,
-    share_weights,
 )
+from train.heldout import HeldOut  # noqa: E402
 
 COVERAGE = 0.7
 
@@ -66,8 +66,8 @@ def compare(
     logits = np.concatenate([np.asarray(run["validation"]), np.asarray(run["extra"])])
     extra_y = labels[n_val:]
     raw = softmax(logits)
-    shares = None if extra_share is None else [1 - extra_share, extra_share]
-    weights = None if shares is None else share_weights([n_val, len(extra_y)], shares)
+    # train's own rule for the pool's weights: the extra photos hold extra_share, validation the rest
+    weights = HeldOut(logits[:n_val], labels[:n_val], logits[n_val:], extra_y).weights(extra_share)
     temperature = cross_calibrated("temperature", logits, labels, chunks, weights)[n_val:]
     # Nested like the temperature: each fold's map differs, which can reorder photos across folds.
     top = cross_calibrated("top-label", logits, labels, chunks, weights)[n_val:]
