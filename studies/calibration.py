@@ -19,6 +19,9 @@ per head: an ensemble diverse by input, not only by seed). ``--mixup A`` trains 
 ``--resize crop|letterbox`` makes the photos square another way (features extracted again, cached apart).
 ``--signed-sqrt`` feeds the heads sign(x) sqrt(|x|) of every feature (power normalization) and ``--block-l2``
 each pooled block divided by its length on that photo, both before the heads' standardization.
+``--drop-suspects BELOW`` trains every head without the train photos whose own label scores under BELOW
+out of fold (studies/label_noise.py; wrong labels or photos between two classes) and draws the worst in
+``suspects.png``.
 
 Every set of logits is then calibrated with each method (none, temperature, vector, matrix) fitted on
 the held-out pool, validation + the extra photos, nested: each extra fold and each fifth of validation
@@ -50,6 +53,7 @@ OUTPUT_DIR = Path("artifacts/study_calibration")
 RESULTS_FILE = "study_calibration.json"
 LOGITS_FILE = "study_calibration_logits.json"
 PLOT_FILE = "study_calibration.png"
+SUSPECTS_PLOT = "suspects.png"
 
 
 def parse_method(text: str) -> tuple[str, float | None]:
@@ -261,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         "--block-l2", action="store_true", help="heads on each pooled block divided by its L2 norm"
     )
     parser.add_argument(
+        "--drop-suspects",
+        type=float,
+        default=0.0,
+        metavar="BELOW",
+        help="leave out train photos whose own label scores under BELOW out of fold (0: keep all)",
+    )
+    parser.add_argument(
         "--head-blocks",
         default="",
         help="';'-separated block sets dealt to the heads in turn, e.g. '11,12,13,14;12,13,14;13,14'",
@@ -282,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         head_blocks = [
             parse_blocks(text, "--head-blocks") for text in args.head_blocks.split(";") if text.strip()
         ]
+        if not 0 <= args.drop_suspects < 1:
+            raise ValueError(f"--drop-suspects is a probability in [0, 1), got {args.drop_suspects:g}")
         if args.block_l2 and args.pool14 != "avg":
             raise ValueError("--block-l2 knows the blocks of --pool14 avg only")
         frozen_only = head_blocks or args.pool14 != "avg" or args.signed_sqrt or args.block_l2
@@ -329,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         store, map_shape = map_store(config, dataset, base)
         extra, extra_paths = store.split_maps(EXTRA_SPLIT, 1, map_shape)
         val, _ = store.split_maps("validation", 1, map_shape)
-        train, _ = store.split_maps("train", 1, map_shape, np.float16)
+        train, train_paths = store.split_maps("train", 1, map_shape, np.float16)
     except (DataError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -348,6 +361,25 @@ def main(argv: list[str] | None = None) -> int:
     widths = block_widths(tail, train)
     if args.block_l2:
         frozen = {name: block_l2(f, widths) for name, f in frozen.items()}
+    if args.drop_suspects > 0:
+        from studies.label_noise import contact_sheet, own_label_scores, suspects
+
+        probs = own_label_scores(config, frozen["train"], train.labels, num_classes)
+        dropped = suspects(probs, train.labels, args.drop_suspects)
+        contact_sheet(train_paths, train.labels, probs, dropped, dataset.class_names,
+                      args.output_dir / SUSPECTS_PLOT)  # fmt: skip
+        names = dataset.class_names
+        record["dropped"] = [
+            {
+                "image": train_paths[r].name,
+                "label": names[train.labels[r]],
+                "own_score": round(probs[r, train.labels[r]], 5),
+            }
+            for r in dropped
+        ]
+        keep = np.setdiff1d(np.arange(len(train)), dropped)
+        train, frozen["train"] = train.take(keep), frozen["train"][keep]
+        print(f"{len(dropped)} train photos left out (own label under {args.drop_suspects:g} out of fold)")
     rows: list[dict] = []
     tuning: list[dict] = []
     logits: list[dict] = []  # every configuration's held-out logits, for later calibration studies
@@ -372,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         changed.append("signed sqrt")
     if args.block_l2:
         changed.append("blocks L2-normalized")
+    if args.drop_suspects > 0:
+        changed.append(f"train suspects under {args.drop_suspects:g} left out")
     if head_blocks:
         changed.append("heads on blocks " + " / ".join(",".join(map(str, b)) for b in head_blocks))
     variant = f" ({', '.join(changed)})" if changed else ""

@@ -42,3 +42,10 @@ def test_resize_takes_the_modes_serving_knows(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert all(mode in err for mode in ("squash", "letterbox", "crop"))
+
+
+@pytest.mark.parametrize("below", ["1", "-0.1"])
+def test_drop_suspects_is_a_probability_below_one(tmp_path, capsys, below):
+    none = str(tmp_path / "none")
+    assert calibration.main(["--data-dir", none, "--extra-dir", none, "--drop-suspects", below]) == 2
+    assert "--drop-suspects is a probability in [0, 1)" in capsys.readouterr().err
