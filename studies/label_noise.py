@@ -50,8 +50,11 @@ def suspects(probs: np.ndarray, y: np.ndarray, below: float) -> np.ndarray:
 def contact_sheet(paths: list[Path], y: np.ndarray, probs: np.ndarray, rows: np.ndarray,
                   class_names: list[str], path: Path) -> None:  # fmt: skip
     """The first ``SHEET_COLUMNS x SHEET_ROWS`` of ``rows`` as a PNG: each photo, its label and the
-    out-of-fold prediction with its score."""
+    out-of-fold prediction with its score. Photos are decoded as training decodes them (upright by their
+    EXIF orientation, transparency on white), so a person judges the picture the heads saw."""
     from PIL import Image, ImageDraw
+
+    from lambda_function.preprocess import decode_image
 
     width, height = TILE
     shown = rows[: SHEET_COLUMNS * SHEET_ROWS]
@@ -60,10 +63,9 @@ def contact_sheet(paths: list[Path], y: np.ndarray, probs: np.ndarray, rows: np.
     draw = ImageDraw.Draw(sheet)
     for n, row in enumerate(shown):
         left, top = (n % SHEET_COLUMNS) * width, (n // SHEET_COLUMNS) * height
-        with Image.open(paths[row]) as photo:
-            photo = photo.convert("RGB")
-            photo.thumbnail((width - 4, height - 30))
-            sheet.paste(photo, (left + 2, top + 2))
+        photo = decode_image(Path(paths[row]).read_bytes())
+        photo.thumbnail((width - 4, height - 30))
+        sheet.paste(photo, (left + 2, top + 2))
         guess = int(probs[row].argmax())
         text = f"{class_names[y[row]]}\n-> {class_names[guess]} {probs[row, guess]:.2f}"
         draw.text((left + 2, top + height - 26), text, fill="black")
