@@ -366,9 +366,8 @@ def main(argv: list[str] | None = None) -> int:
 
         probs = own_label_scores(config, frozen["train"], train.labels, num_classes)
         dropped = suspects(probs, train.labels, args.drop_suspects)
-        contact_sheet(train_paths, train.labels, probs, dropped, dataset.class_names,
-                      args.output_dir / SUSPECTS_PLOT)  # fmt: skip
         names = dataset.class_names
+        contact_sheet(train_paths, train.labels, probs, dropped, names, args.output_dir / SUSPECTS_PLOT)
         record["dropped"] = [
             {
                 "image": train_paths[r].name,
